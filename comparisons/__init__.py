@@ -1,0 +1,1 @@
+"""Native conformance adapters: each native masking/attention path held against the oracle."""

@@ -1,0 +1,55 @@
+"""refmask: the reference for attention masks and masked softmax across NumPy, JAX/Flax and PyTorch.
+
+Convention: a mask is a boolean array, True = "this query may attend to this key", broadcastable
+to the scores' shape (..., T, S). Every other convention enters and leaves through the converters
+(to_additive/from_additive, from_torch_mha/to_torch_mha, from_hf). The definitions live in
+refmask.oracle (pure NumPy); backend="jax" and backend="torch" are independent implementations
+held against it by the test suite. Importing refmask imports NumPy only.
+"""
+
+from ._api import (
+    and_masks,
+    attention,
+    attention_padding_mask,
+    attention_weights,
+    causal_mask,
+    chunked_mask,
+    from_additive,
+    from_hf,
+    from_torch_mha,
+    masked_softmax,
+    or_masks,
+    padding_mask,
+    padding_mask_from_ids,
+    prefix_lm_mask,
+    segment_mask,
+    sliding_window_mask,
+    to_additive,
+    to_torch_mha,
+)
+from ._backends import BACKENDS, installed_backends
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "and_masks",
+    "attention",
+    "attention_padding_mask",
+    "attention_weights",
+    "causal_mask",
+    "chunked_mask",
+    "from_additive",
+    "from_hf",
+    "from_torch_mha",
+    "installed_backends",
+    "masked_softmax",
+    "or_masks",
+    "padding_mask",
+    "padding_mask_from_ids",
+    "prefix_lm_mask",
+    "segment_mask",
+    "sliding_window_mask",
+    "to_additive",
+    "to_torch_mha",
+]

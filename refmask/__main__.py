@@ -1,0 +1,3 @@
+from refmask.cli import main
+
+raise SystemExit(main())

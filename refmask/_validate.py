@@ -1,0 +1,173 @@
+"""Argument checks shared by the oracle and every backend.
+
+The checks work on Python values, shapes and dtype *names*, never on a framework's arrays, so all
+backends raise the same error, with the same message, for the same bad input. Every message names
+the argument, what was received and what was expected.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+ALIGNS = ("top_left", "bottom_right")
+SIDES = ("right", "left")
+FULLY_MASKED_POLICIES = ("zero", "uniform", "nan")
+FILLS = ("min", "-inf")
+
+CONVERTERS_HINT = (
+    "refmask masks are boolean with True = may attend; convert other conventions explicitly with "
+    "refmask.from_hf (1/0 attention_mask), refmask.from_additive (float bias) or "
+    "refmask.from_torch_mha (True = masked)"
+)
+
+
+def choice(name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def integer(name: str, value: object, *, minimum: int | None = None) -> int:
+    """A Python or NumPy integer (not a bool), optionally at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}; got {value}")
+    return int(value)
+
+
+def q_kv_lengths(q_len: object, kv_len: object) -> tuple[int, int]:
+    """Query and key lengths of a (T, S) mask; kv_len defaults to q_len."""
+    t = integer("q_len", q_len, minimum=0)
+    s = t if kv_len is None else integer("kv_len", kv_len, minimum=0)
+    return t, s
+
+
+def align_shift(align: str, q_len: int, kv_len: int) -> int:
+    """How far query i is moved right before it is compared with key positions.
+
+    "top_left": query i sits at key position i (torch `is_causal`).
+    "bottom_right": the last query sits at the last key, i.e. query i at i + kv_len - q_len
+    (flash-attn, xformers `...FromBottomRight`, KV-cache decoding).
+    """
+    choice("align", align, ALIGNS)
+    return 0 if align == "top_left" else kv_len - q_len
+
+
+def window(window: object) -> tuple[int, int]:
+    """`window=w` means (w, w); `window=(left, right)` keys on each side of the aligned query."""
+    if isinstance(window, tuple | list) and len(window) == 2:
+        left = integer("window[0] (left)", window[0], minimum=0)
+        right = integer("window[1] (right)", window[1], minimum=0)
+        return left, right
+    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+        w = integer("window", window, minimum=0)
+        return w, w
+    raise TypeError(f"window must be an int w or a pair (left, right) of ints >= 0; got {window!r}")
+
+
+def float_dtype(name: str, dtype_name: str, is_floating: bool) -> None:
+    if not is_floating:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64); "
+            f"got dtype {dtype_name}"
+        )
+
+
+def bool_mask(name: str, dtype_name: str, is_bool: bool) -> None:
+    if not is_bool:
+        raise TypeError(
+            f"{name} must be a boolean array (True = may attend); got dtype {dtype_name}. "
+            f"0/1 integers and floats are ambiguous: {CONVERTERS_HINT}"
+        )
+
+
+def integer_dtype(name: str, dtype_name: str, is_integer: bool) -> None:
+    if not is_integer:
+        raise TypeError(f"{name} must be an integer array; got dtype {dtype_name}")
+
+
+def ndim(name: str, shape: tuple[int, ...], ndim: int, meaning: str) -> None:
+    if len(shape) != ndim:
+        raise ValueError(f"{name} must have shape {meaning} ({ndim}-D); got shape {tuple(shape)}")
+
+
+def broadcasts_to(name: str, mask_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> None:
+    """The mask must broadcast to the scores' shape without changing it.
+
+    Broadcasting aligns trailing axes, so a (B, S) key-padding mask would be read as (T, S);
+    the error says how to build the (B, 1, 1, S) form instead.
+    """
+    mask_shape, target_shape = tuple(mask_shape), tuple(target_shape)
+    fits = len(mask_shape) <= len(target_shape) and all(
+        m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1])
+    )
+    if not fits:
+        raise ValueError(
+            f"{name} of shape {mask_shape} does not broadcast to the scores' shape {target_shape} "
+            "(..., T, S). Build masks at a broadcastable shape: (T, S) for causal-like masks, "
+            "(B, 1, 1, S) for key padding (refmask.attention_padding_mask turns a (B, S) validity "
+            "array into it)"
+        )
+
+
+def same_batch(name_a: str, shape_a: tuple[int, ...], name_b: str, shape_b: tuple[int, ...]) -> None:
+    if shape_a[0] != shape_b[0]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same batch size; got shapes {tuple(shape_a)} and {tuple(shape_b)}"
+        )
+
+
+def lengths_in_range(name: str, lo: int, hi: int, max_len: int) -> None:
+    """Lengths are counts of real tokens: 0 <= length <= max_len (nothing is clipped)."""
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0; got a length of {lo}")
+    if hi > max_len:
+        raise ValueError(f"{name} must be <= max_len={max_len}; got a length of {hi}")
+
+
+def attention_shapes(
+    q_shape: tuple[int, ...], k_shape: tuple[int, ...], v_shape: tuple[int, ...] | None = None
+) -> tuple[int, ...]:
+    """Check q (..., H, T, D), k (..., H_kv, S, D), v (..., H_kv, S, Dv); return the scores' shape.
+
+    Grouped-query attention: H must be a multiple of H_kv; query head h uses key/value head
+    h // (H // H_kv), as SDPA with enable_gqa=True.
+    """
+    q_shape, k_shape = tuple(q_shape), tuple(k_shape)
+    if len(q_shape) < 2 or len(k_shape) != len(q_shape):
+        raise ValueError(
+            f"q and k must have the same number of dimensions, at least 2 ((..., H, T, D) and "
+            f"(..., H_kv, S, D)); got shapes {q_shape} and {k_shape}"
+        )
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(
+            f"q and k must have the same head dimension D (last axis); got shapes {q_shape} and {k_shape}"
+        )
+    if len(q_shape) >= 3:
+        if q_shape[:-3] != k_shape[:-3]:
+            raise ValueError(
+                f"q and k must have the same batch dimensions (..., in (..., H, T, D)); "
+                f"got shapes {q_shape} and {k_shape}"
+            )
+        h, h_kv = q_shape[-3], k_shape[-3]
+        if h_kv == 0 or h % h_kv != 0:
+            raise ValueError(
+                f"the number of query heads H={h} must be a multiple of the number of key/value "
+                f"heads H_kv={h_kv} (q shape {q_shape}, k shape {k_shape})"
+            )
+    if v_shape is not None:
+        v_shape = tuple(v_shape)
+        if len(v_shape) != len(k_shape) or v_shape[:-1] != k_shape[:-1]:
+            raise ValueError(
+                f"v must have shape (..., H_kv, S, Dv) matching k {k_shape} in all but the last axis; "
+                f"got {v_shape}"
+            )
+    return q_shape[:-1] + (k_shape[-2],)
+
+
+def same_dtype(names: Sequence[str], dtype_names: Sequence[str]) -> None:
+    if len(set(dtype_names)) > 1:
+        got = ", ".join(f"{n}: {d}" for n, d in zip(names, dtype_names))
+        raise TypeError(f"{', '.join(names)} must share one floating dtype; got {got}")

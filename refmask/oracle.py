@@ -1,0 +1,613 @@
+"""The refmask oracle: the specification of every mask, converter and masked softmax, in NumPy.
+
+This module *is* the definition; the JAX and torch backends are independent implementations
+that the test suite holds against it. It is written to be read:
+
+- one short function per concept, the definition in its docstring;
+- a mask is a boolean array, True = "this query may attend to this key", broadcastable to the
+  scores' shape (..., T, S) (T = query length, S = key length), and built at its smallest
+  broadcastable shape ((T, S) for causal, (B, 1, 1, S) for key padding);
+- arithmetic runs in float64 and is rounded once, at the end, to the input's floating dtype, so a
+  float32, float16 or bfloat16 result is the correctly rounded answer (float64 results are accurate
+  to a few ULP);
+- bad input raises a ValueError or TypeError naming the argument (see refmask/_validate.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from . import _validate as check
+
+Mask = np.ndarray
+
+# Query rows processed at once by `attention` when weights are not returned: the float64 scores
+# of one block stay near 16 MiB, so peak memory does not grow with T.
+_ATTENTION_BLOCK_ELEMENTS = 1 << 21
+
+
+# ----------------------------------------------------------------------------------------------
+# dtypes
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def _is_floating(dtype: np.dtype) -> bool:
+    """float16/32/64 and ml_dtypes' bfloat16 (which NumPy does not count as floating)."""
+    return np.issubdtype(dtype, np.floating) or np.dtype(dtype).name == "bfloat16"
+
+
+def _finfo(dtype: np.dtype) -> Any:
+    if np.dtype(dtype).name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
+    return np.finfo(dtype)
+
+
+def _as_dtype(dtype: Any) -> np.dtype:
+    """`dtype` may be a NumPy dtype or a name; "bfloat16" needs the ml_dtypes package."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as err:
+            raise ImportError('bfloat16 in NumPy needs ml_dtypes: pip install "refmask[test]"') from err
+        return np.dtype(ml_dtypes.bfloat16)
+    try:
+        out = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be a floating dtype or its name; got {dtype!r}") from err
+    check.float_dtype("dtype", out.name, _is_floating(out))
+    return out
+
+
+def _floating(name: str, x: Any) -> np.ndarray:
+    x = np.asarray(x)
+    check.float_dtype(name, _dtype_name(x.dtype), _is_floating(x.dtype))
+    return x
+
+
+def _bool_mask(name: str, mask: Any) -> np.ndarray:
+    mask = np.asarray(mask)
+    check.bool_mask(name, _dtype_name(mask.dtype), mask.dtype == np.bool_)
+    return mask
+
+
+def _integers(name: str, x: Any) -> np.ndarray:
+    x = np.asarray(x)
+    check.integer_dtype(name, _dtype_name(x.dtype), np.issubdtype(x.dtype, np.integer))
+    return x
+
+
+def _check_device(device: Any) -> None:
+    if device not in (None, "cpu"):
+        raise ValueError(f'device must be None or "cpu" for the numpy backend; got {device!r}')
+
+
+# ----------------------------------------------------------------------------------------------
+# masks from positions
+
+
+def _aligned_positions(q_len: int, kv_len: int, align: str, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query positions i' = i + offset + shift as a (T, 1) column and key positions j as a (1, S) row."""
+    shift = check.align_shift(align, q_len, kv_len)
+    offset = check.integer("offset", offset)
+    i = np.arange(q_len)[:, None] + offset + shift
+    j = np.arange(kv_len)[None, :]
+    return i, j
+
+
+def causal_mask(
+    q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0, device: Any = None
+) -> Mask:
+    """(T, S) causal mask: keep[i, j] = j <= i + offset + shift.
+
+    shift = 0 for align="top_left" (torch `is_causal`, `causal_upper_left`);
+    shift = S - T for "bottom_right" (flash-attn, xformers `...FromBottomRight`, KV-cache decoding).
+    With T > S and "bottom_right", the first T - S queries see no key (fully-masked rows).
+    kv_len defaults to q_len.
+    """
+    _check_device(device)
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    i, j = _aligned_positions(t, s, align, offset)
+    return j <= i
+
+
+def sliding_window_mask(
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    window: int | tuple[int, int],
+    align: str = "top_left",
+    offset: int = 0,
+    device: Any = None,
+) -> Mask:
+    """(T, S) local attention: keep[i, j] iff i' - left <= j <= i' + right, i' = i + offset + shift.
+
+    window=(left, right) counts keys on each side of the aligned query i'; an int w means (w, w),
+    as `jax.nn.dot_product_attention(local_window_size=w)`, so a row sees up to left + right + 1 keys.
+    For a causal sliding window use window=(w, 0), or combine with causal_mask via and_masks.
+    """
+    _check_device(device)
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    left, right = check.window(window)
+    i, j = _aligned_positions(t, s, align, offset)
+    return (i - left <= j) & (j <= i + right)
+
+
+def chunked_mask(
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    chunk_size: int,
+    align: str = "top_left",
+    offset: int = 0,
+    device: Any = None,
+) -> Mask:
+    """(T, S) chunked (block-local) attention: keep[i, j] iff floor(i' / c) == floor(j / c).
+
+    Keys are cut into consecutive chunks of c = chunk_size positions starting at key 0; a query
+    sees exactly the keys of the chunk its aligned position i' = i + offset + shift falls in.
+    """
+    _check_device(device)
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    c = check.integer("chunk_size", chunk_size, minimum=1)
+    i, j = _aligned_positions(t, s, align, offset)
+    return (i // c) == (j // c)
+
+
+# ----------------------------------------------------------------------------------------------
+# masks from data
+
+
+def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any = None) -> Mask:
+    """(B, max_len) validity: True at the lengths[b] real tokens of each sequence.
+
+    side="right": tokens sit at positions 0 .. lengths[b] - 1 (padding after them);
+    side="left": tokens sit at the last lengths[b] positions (left-padded batches, as for
+    decoder-only generation). Every length must be an integer in [0, max_len]; nothing is clipped.
+    """
+    _check_device(device)
+    max_len = check.integer("max_len", max_len, minimum=0)
+    check.choice("side", side, check.SIDES)
+    lengths = _integers("lengths", lengths)
+    if lengths.size:
+        check.lengths_in_range("lengths", int(lengths.min()), int(lengths.max()), max_len)
+    position = np.arange(max_len)
+    if side == "right":
+        return position < lengths[..., None]
+    return position >= max_len - lengths[..., None]
+
+
+def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> Mask:
+    """(B, L) validity from token ids: True where ids != pad_id."""
+    _check_device(device)
+    ids = _integers("ids", ids)
+    pad_id = check.integer("pad_id", pad_id)
+    return ids != pad_id
+
+
+def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = None) -> Mask:
+    """Key padding as an attention mask: (B, 1, 1, S) = kv_valid[b, j].
+
+    With q_valid (B, T) too, (B, 1, T, S) = q_valid[b, i] and kv_valid[b, j]: padded queries attend
+    nowhere (their rows are fully masked, see masked_softmax's fully_masked).
+    """
+    _check_device(device)
+    kv_valid = _bool_mask("kv_valid", kv_valid)
+    check.ndim("kv_valid", kv_valid.shape, 2, "(B, S)")
+    keep = kv_valid[:, None, None, :]
+    if q_valid is None:
+        return keep
+    q_valid = _bool_mask("q_valid", q_valid)
+    check.ndim("q_valid", q_valid.shape, 2, "(B, T)")
+    check.same_batch("q_valid", q_valid.shape, "kv_valid", kv_valid.shape)
+    return q_valid[:, None, :, None] & keep
+
+
+def segment_mask(
+    q_segment_ids: Any, kv_segment_ids: Any = None, *, pad_id: int | None = None, device: Any = None
+) -> Mask:
+    """(B, 1, T, S) block-diagonal mask for packed sequences: keep iff q_seg[b, i] == kv_seg[b, j].
+
+    kv_segment_ids defaults to q_segment_ids (self-attention). Tokens whose id equals pad_id attend
+    nowhere and are attended by nothing.
+    """
+    _check_device(device)
+    q_seg = _integers("q_segment_ids", q_segment_ids)
+    kv_seg = q_seg if kv_segment_ids is None else _integers("kv_segment_ids", kv_segment_ids)
+    check.ndim("q_segment_ids", q_seg.shape, 2, "(B, T)")
+    check.ndim("kv_segment_ids", kv_seg.shape, 2, "(B, S)")
+    check.same_batch("q_segment_ids", q_seg.shape, "kv_segment_ids", kv_seg.shape)
+    keep = q_seg[:, None, :, None] == kv_seg[:, None, None, :]
+    if pad_id is not None:
+        pad_id = check.integer("pad_id", pad_id)
+        keep &= (q_seg != pad_id)[:, None, :, None] & (kv_seg != pad_id)[:, None, None, :]
+    return keep
+
+
+def prefix_lm_mask(
+    prefix_lengths: Any,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    device: Any = None,
+) -> Mask:
+    """(B, 1, T, S) prefix-LM mask: keep[b, i, j] iff j < prefix_lengths[b] or j <= i'.
+
+    Every query sees the whole prefix of its example (bidirectional inside the prefix) and the
+    keys up to its own aligned position i' = i + shift (causal after it), with shift as causal_mask.
+    Each prefix length must be an integer in [0, S].
+    """
+    _check_device(device)
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    prefix = _integers("prefix_lengths", prefix_lengths)
+    check.ndim("prefix_lengths", prefix.shape, 1, "(B,)")
+    if prefix.size:
+        check.lengths_in_range("prefix_lengths", int(prefix.min()), int(prefix.max()), s)
+    i, j = _aligned_positions(t, s, align, 0)
+    in_prefix = j[None, None] < prefix[:, None, None, None]
+    return in_prefix | (j <= i)[None, None]
+
+
+def and_masks(*masks: Any) -> Mask | None:
+    """Keep where every mask keeps (broadcasting); None arguments are skipped; all None gives None."""
+    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
+    if not present:
+        return None
+    return np.logical_and.reduce(np.broadcast_arrays(*present)) if len(present) > 1 else present[0]
+
+
+def or_masks(*masks: Any) -> Mask | None:
+    """Keep where any mask keeps (broadcasting); None arguments are skipped; all None gives None."""
+    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
+    if not present:
+        return None
+    return np.logical_or.reduce(np.broadcast_arrays(*present)) if len(present) > 1 else present[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# converters between conventions
+
+
+def _fill_value(fill: Any, dtype: np.dtype) -> Any:
+    """The masking value to_additive writes: finfo(dtype).min, -inf, or a negative finite number."""
+    if isinstance(fill, str):
+        check.choice("fill", fill, check.FILLS)
+        return _finfo(dtype).min if fill == "min" else -np.inf
+    if isinstance(fill, bool) or not isinstance(fill, int | float | np.number):
+        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
+    if not fill < 0:
+        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
+    with np.errstate(over="ignore"):
+        rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
+    if not np.isfinite(rounded):
+        raise ValueError(
+            f"fill={fill!r} overflows to -inf in {_dtype_name(dtype)} (its most negative finite value is "
+            f'{_finfo(dtype).min}); use fill="min" or fill="-inf" to mean that'
+        )
+    return fill
+
+
+def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min") -> np.ndarray:
+    """Additive bias from a mask: 0 where kept, `fill` where masked, in `dtype`.
+
+    fill="min": finfo(dtype).min, as Flax and Hugging Face; fill="-inf": as torch
+    `generate_square_subsequent_mask`; a negative number (e.g. -1e9, as many tutorials) is written
+    as is, and refused if it overflows to -inf in `dtype` (e.g. -1e9 in float16).
+    """
+    mask = _bool_mask("mask", mask)
+    dtype = _as_dtype(dtype)
+    fill_value = _fill_value(fill, dtype)
+    return np.where(mask, np.zeros((), dtype), np.asarray(fill_value).astype(dtype))
+
+
+def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
+    """Mask from an additive bias: keep where bias > threshold.
+
+    A bias value counts as masking when it is <= threshold. threshold="min" (default) means
+    finfo(bias.dtype).min, so exactly -inf and finfo.min count (the fills of to_additive, and
+    what Flax, Hugging Face and torch write; two stacked finfo.min fills give -inf and still
+    count). Pass the number a tutorial used (threshold=-1e9) to read such masks. NaN in the bias
+    is refused: it is neither kept nor masked.
+    """
+    bias = _floating("bias", bias)
+    if np.isnan(bias).any():
+        raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
+    if isinstance(threshold, str):
+        check.choice("threshold", threshold, ("min",))
+        limit = _finfo(bias.dtype).min
+    else:
+        limit = threshold
+    return bias > limit
+
+
+def from_torch_mha(
+    attn_mask: Any = None, key_padding_mask: Any = None, *, num_heads: int | None = None, threshold: Any = "min"
+) -> Mask | None:
+    """Canonical mask from `nn.MultiheadAttention`'s attn_mask and key_padding_mask.
+
+    attn_mask: bool (True = NOT allowed) or float additive (masking values as from_additive, other
+    values must be 0: a real bias is not a mask), shape (T, S), or (N*H, T, S) / unbatched (H, T, S)
+    with num_heads=H, returned as (N, H, T, S).
+    key_padding_mask: (N, S) bool (True = ignore this key) or float additive, returned as (N, 1, 1, S);
+    unbatched (S,) is returned as (1, S).
+    Both: their and. Neither: None (attend everywhere).
+    """
+    keep = None
+    if attn_mask is not None:
+        keep = _mha_keep("attn_mask", attn_mask, threshold)
+        if keep.ndim == 3:
+            if num_heads is None:
+                raise ValueError(
+                    f"attn_mask of shape {keep.shape} is (N*num_heads, T, S): pass num_heads= to split it"
+                )
+            heads = check.integer("num_heads", num_heads, minimum=1)
+            if keep.shape[0] % heads:
+                raise ValueError(
+                    f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
+                )
+            keep = keep.reshape(-1, heads, *keep.shape[1:])
+        elif keep.ndim != 2:
+            raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {keep.shape}")
+    if key_padding_mask is not None:
+        kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
+        if kp.ndim == 1:
+            kp = kp[None, :]
+        elif kp.ndim == 2:
+            kp = kp[:, None, None, :]
+        else:
+            raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {kp.shape}")
+        keep = kp if keep is None else and_masks(keep, kp)
+    return keep
+
+
+def _mha_keep(name: str, m: Any, threshold: Any) -> np.ndarray:
+    """torch MHA masks: bool True = masked; float = additive bias that may only hold 0 or masking values."""
+    m = np.asarray(m)
+    if m.dtype == np.bool_:
+        return ~m
+    if not _is_floating(m.dtype):
+        raise TypeError(f"{name} must be bool (True = masked) or a float additive mask; got dtype {m.dtype}")
+    keep = from_additive(m, threshold=threshold)
+    if np.any(m[keep] != 0):
+        raise ValueError(
+            f"{name} holds additive values other than 0 and masking values: that is a bias, not a "
+            "mask; pass it as attention(..., bias=...)"
+        )
+    return keep
+
+
+def to_torch_mha(
+    mask: Any, *, num_heads: int | None = None, q_len: int | None = None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(attn_mask, key_padding_mask) for `nn.MultiheadAttention`, both bool with True = NOT allowed.
+
+    (T, S) -> (attn_mask (T, S), None); (B, 1, 1, S) -> (None, key_padding_mask (B, S));
+    any other (B, H', T', S) -> (attn_mask (B*num_heads, T, S), None), broadcasting H' = 1 to
+    num_heads and T' = 1 to q_len.
+    """
+    keep = _bool_mask("mask", mask)
+    if keep.ndim == 2:
+        if q_len is not None:
+            keep = np.broadcast_to(keep, (check.integer("q_len", q_len, minimum=0), keep.shape[1]))
+        return ~keep, None
+    if keep.ndim == 4 and keep.shape[1] == 1 and keep.shape[2] == 1 and q_len is None:
+        return None, ~keep[:, 0, 0, :]
+    if keep.ndim != 4:
+        raise ValueError(f"mask must have shape (T, S) or (B, H, T, S); got {keep.shape}")
+    if num_heads is None:
+        raise ValueError(f"a mask of shape {keep.shape} becomes a (B*num_heads, T, S) attn_mask: pass num_heads=")
+    heads = check.integer("num_heads", num_heads, minimum=1)
+    t = keep.shape[2] if q_len is None else check.integer("q_len", q_len, minimum=0)
+    b, _, _, s = keep.shape
+    check.broadcasts_to("mask", keep.shape, (b, heads, t, s))
+    return ~np.broadcast_to(keep, (b, heads, t, s)).reshape(b * heads, t, s), None
+
+
+def from_hf(attention_mask: Any) -> Mask:
+    """Hugging Face 2-D attention_mask (B, S), 1 = real token and 0 = padding, to (B, 1, 1, S) keys.
+
+    This is the one place where 0/1 numbers are read as a mask, because Hugging Face fixes their
+    meaning; any value other than 0 and 1 is refused.
+    """
+    m = np.asarray(attention_mask)
+    check.ndim("attention_mask", m.shape, 2, "(B, S)")
+    if m.dtype != np.bool_:
+        if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
+            raise TypeError(f"attention_mask must hold 0/1 numbers or bools; got dtype {m.dtype}")
+        bad = ~np.isin(m, (0, 1))
+        if bad.any():
+            raise ValueError(
+                f"attention_mask must hold only 1 (attend) and 0 (padding); got {m[bad].ravel()[0]!r}"
+            )
+    return (m == 1)[:, None, None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# masked softmax and attention
+
+
+def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> np.ndarray:
+    """Softmax of `scores` along `axis` over the kept entries only.
+
+    For a row with kept set K (mask True): w[j] = exp(x[j] - m) / sum_{k in K} exp(x[k] - m) for j in
+    K, m = max_{k in K} x[k], and w[j] = 0 exactly for j not in K. Masked scores never influence the
+    result, whatever they hold (NaN, +inf, anything).
+
+    A row with no kept entry returns, by fully_masked:
+      "zero"    all zeros (SDPA, flex_attention, jax.nn.softmax(where=));
+      "uniform" 1/n for every entry, n the row's length, masked or not (Flax, jax.nn.dot_product_attention);
+      "nan"     all NaN (softmax over -inf, nn.MultiheadAttention's weights).
+
+    Non-finite *kept* scores follow IEEE arithmetic, as a plain softmax does: a kept NaN or +inf,
+    or kept scores that are all -inf, make the whole row NaN; a kept -inf beside a finite kept score
+    gets weight 0.
+
+    scores: floating (float16, bfloat16, float32, float64); the result has scores' dtype and shape.
+    mask: bool, broadcastable to scores' shape; None keeps everything.
+    """
+    scores = _floating("scores", scores)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
+    check.broadcasts_to("mask", keep.shape, scores.shape)
+    keep = np.broadcast_to(keep, scores.shape)
+    x = scores.astype(np.float64)
+    return _softmax_kept(x, keep, axis, fully_masked).astype(scores.dtype)
+
+
+def _softmax_kept(x: np.ndarray, keep: np.ndarray, axis: int, fully_masked: str) -> np.ndarray:
+    """masked_softmax's arithmetic in float64 (no rounding to the input dtype)."""
+    kept_x = np.where(keep, x, -np.inf)
+    any_kept = keep.any(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        # NaN-propagating max over kept entries; rows with nothing kept get 0 to stay finite.
+        m = np.where(any_kept, np.max(kept_x, axis=axis, keepdims=True, initial=-np.inf), 0.0)
+        e = np.where(keep, np.exp(kept_x - m), 0.0)
+        w = e / np.sum(e, axis=axis, keepdims=True)
+    fully_masked_value = {"zero": 0.0, "uniform": 1.0 / max(x.shape[axis], 1), "nan": np.nan}[fully_masked]
+    return np.where(any_kept, w, fully_masked_value)
+
+
+def masked_softmax_vjp(
+    scores: Any, mask: Any, cotangent: Any, *, axis: int = -1, fully_masked: str = "zero"
+) -> np.ndarray:
+    """Gradient of sum(cotangent * masked_softmax(scores, mask)) with respect to scores.
+
+    For a row with kept entries and weights w: grad[j] = w[j] * (g[j] - sum_k w[k] g[k]) for kept j,
+    and exactly 0 for masked j. A fully-masked row's weights do not depend on the scores under any
+    policy, so its gradient is exactly 0 (finite under "zero" and "uniform" as well as "nan").
+    """
+    scores = _floating("scores", scores)
+    g = _floating("cotangent", cotangent)
+    if g.shape != scores.shape:
+        raise ValueError(f"cotangent must have the scores' shape {scores.shape}; got {g.shape}")
+    keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
+    check.broadcasts_to("mask", keep.shape, scores.shape)
+    keep = np.broadcast_to(keep, scores.shape)
+    w = _softmax_kept(scores.astype(np.float64), keep, axis, fully_masked)
+    w = np.where(keep.any(axis=axis, keepdims=True), w, 0.0)
+    g = g.astype(np.float64)
+    grad = w * (g - np.sum(w * g, axis=axis, keepdims=True))
+    return np.where(keep, grad, 0.0).astype(scores.dtype)
+
+
+def _default_scale(head_dim: int) -> float:
+    # An empty dot product (D = 0) is 0 whatever the scale; 1.0 keeps it from being 0 * inf.
+    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
+
+
+def _repeat_kv_heads(k: np.ndarray, num_q_heads: int) -> np.ndarray:
+    """Grouped-query attention: query head h reads key/value head h // (H // H_kv)."""
+    if k.ndim < 3 or k.shape[-3] == num_q_heads:
+        return k
+    return np.repeat(k, num_q_heads // k.shape[-3], axis=-3)
+
+
+def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[np.ndarray, ...]:
+    arrays = [_floating("q", q), _floating("k", k)] + ([] if v is None else [_floating("v", v)])
+    names = ["q", "k", "v"][: len(arrays)]
+    check.same_dtype(names, [_dtype_name(a.dtype) for a in arrays])
+    return tuple(arrays)
+
+
+def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float | None) -> np.ndarray:
+    """float64 scores scale * q @ k^T + bias, (..., H, T, S)."""
+    scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
+    k = _repeat_kv_heads(k, q.shape[-3]) if q.ndim >= 3 else k
+    s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    if bias is not None:
+        s = s + bias.astype(np.float64)
+    return s
+
+
+def _checked_bias_and_mask(
+    bias: Any, mask: Any, scores_shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if bias is not None:
+        bias = _floating("bias", bias)
+        check.broadcasts_to("bias", bias.shape, scores_shape)
+    if mask is not None:
+        mask = _bool_mask("mask", mask)
+        check.broadcasts_to("mask", mask.shape, scores_shape)
+    return bias, mask
+
+
+def attention_weights(
+    q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
+) -> np.ndarray:
+    """Attention weights masked_softmax(scale * q @ k^T + bias, mask), (..., H, T, S).
+
+    q: (..., H, T, D), k: (..., H_kv, S, D) with H a multiple of H_kv (grouped-query attention);
+    scale defaults to 1/sqrt(D); bias is an additive float bias (ALiBi, relative positions)
+    broadcastable to the scores, applied before the mask. The result has q's dtype.
+    """
+    q, k = _attention_inputs(q, k)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    shape = check.attention_shapes(q.shape, k.shape)
+    bias, mask = _checked_bias_and_mask(bias, mask, shape)
+    keep = np.broadcast_to(np.ones((), bool) if mask is None else mask, shape)
+    return _softmax_kept(_scores(q, k, bias, scale), keep, -1, fully_masked).astype(q.dtype)
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any = None,
+    *,
+    bias: Any = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    fully_masked: str = "zero",
+    return_weights: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Scaled dot-product attention: out = attention_weights(q, k, mask, ...) @ v, (..., H, T, Dv).
+
+    v: (..., H_kv, S, Dv). is_causal=True ands the mask with causal_mask(T, S) (top-left, as torch).
+    A fully-masked row's output follows its weights: 0 ("zero"), the mean of v ("uniform"), NaN
+    ("nan"). With return_weights=True returns (out, weights). The weights are not rounded before
+    the product: out is the correctly rounded value of the exact-weights product.
+    Without weights, query rows are processed in blocks so memory stays far below (T, S) float64.
+    """
+    q, k, vv = _attention_inputs(q, k, v)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    shape = check.attention_shapes(q.shape, k.shape, vv.shape)
+    bias, mask = _checked_bias_and_mask(bias, mask, shape)
+    if is_causal:
+        mask = and_masks(mask, causal_mask(shape[-2], shape[-1]))
+    vv = _repeat_kv_heads(vv, q.shape[-3]) if q.ndim >= 3 else vv
+    t, s = shape[-2], shape[-1]
+    if return_weights:
+        w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, 0, t)
+        return (w @ vv.astype(np.float64)).astype(q.dtype), w.astype(q.dtype)
+    rows = max(1, _ATTENTION_BLOCK_ELEMENTS // max(1, math.prod(shape[:-2]) * s))
+    out = np.empty(q.shape[:-1] + (vv.shape[-1],), dtype=q.dtype)
+    for start in range(0, t, rows):
+        stop = min(start + rows, t)
+        w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop)
+        out[..., start:stop, :] = (w @ vv.astype(np.float64)).astype(q.dtype)
+    return out
+
+
+def _query_rows(a: np.ndarray | None, start: int, stop: int) -> np.ndarray | None:
+    """Rows start:stop of a mask or bias broadcastable to (..., T, S); a T axis of 1 is shared."""
+    if a is None or a.ndim < 2 or a.shape[-2] == 1:
+        return a
+    return a[..., start:stop, :]
+
+
+def _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop) -> np.ndarray:
+    """float64 weights of query rows start:stop."""
+    q_rows = q[..., start:stop, :]
+    block_shape = shape[:-2] + (stop - start, shape[-1])
+    keep = _query_rows(mask, start, stop)
+    keep = np.broadcast_to(np.ones((), bool) if keep is None else keep, block_shape)
+    scores = _scores(q_rows, k, _query_rows(bias, start, stop), scale)
+    return _softmax_kept(scores, keep, -1, fully_masked)

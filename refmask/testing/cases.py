@@ -1,0 +1,187 @@
+"""The shared catalogue of cases that every backend (and a user's kernel) is held against the oracle on.
+
+- MASK_CALLS: calls of the public mask constructors and converters, with NumPy arguments; a
+  backend's result must equal the oracle's bit for bit.
+- ATTENTION_CASES: attention problems (shapes + a canonical mask built by the oracle) covering every
+  mask kind, T != S, T = 1, S = 1, zero-length axes, left and right padding, grouped-query heads, a
+  fully-masked row and a fully-masked batch item. `arrays()` draws q, k, v and scores from a seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import oracle
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+POLICIES = ("zero", "uniform", "nan")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """NumPy dtype for a name; bfloat16 comes from ml_dtypes."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+@dataclass(frozen=True)
+class MaskCall:
+    """One call `refmask.<fn>(*args, **kwargs)`; array arguments are NumPy arrays."""
+
+    id: str
+    fn: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _a(*rows: Any, dtype: Any = np.int64) -> np.ndarray:
+    return np.array(rows, dtype=dtype)
+
+
+_LENGTHS = _a(4, 1, 6, 3, 0)
+_SEGMENTS = _a([0, 0, 1, 1, 1, 2], [3, 3, 3, 3, -1, -1])
+_VALID = _a([True, True, True, False, False, False], [True] * 6, dtype=bool)
+_Q_VALID = _a([True, True, False, False], [True, False, False, False], dtype=bool)
+_CAUSAL_4x6 = oracle.causal_mask(4, 6)
+
+MASK_CALLS: tuple[MaskCall, ...] = (
+    MaskCall("causal-square", "causal_mask", (5,)),
+    MaskCall("causal-T<S-top_left", "causal_mask", (3, 7)),
+    MaskCall("causal-T<S-bottom_right", "causal_mask", (3, 7), {"align": "bottom_right"}),
+    MaskCall("causal-T>S-bottom_right", "causal_mask", (7, 3), {"align": "bottom_right"}),
+    MaskCall("causal-offset", "causal_mask", (4, 6), {"offset": -2}),
+    MaskCall("causal-T1", "causal_mask", (1, 9), {"align": "bottom_right"}),
+    MaskCall("causal-S1", "causal_mask", (4, 1)),
+    MaskCall("causal-empty", "causal_mask", (0, 3)),
+    MaskCall("window-int", "sliding_window_mask", (8,), {"window": 2}),
+    MaskCall("window-causal", "sliding_window_mask", (8,), {"window": (3, 0)}),
+    MaskCall("window-bottom_right", "sliding_window_mask", (3, 9), {"window": (2, 1), "align": "bottom_right"}),
+    MaskCall("window-zero", "sliding_window_mask", (5, 5), {"window": 0}),
+    MaskCall("chunked", "chunked_mask", (10,), {"chunk_size": 4}),
+    MaskCall("chunked-bottom_right", "chunked_mask", (3, 10), {"chunk_size": 4, "align": "bottom_right"}),
+    MaskCall("chunked-negative-offset", "chunked_mask", (5, 5), {"chunk_size": 2, "offset": -3}),
+    MaskCall("padding-right", "padding_mask", (_LENGTHS, 6)),
+    MaskCall("padding-left", "padding_mask", (_LENGTHS, 6), {"side": "left"}),
+    MaskCall("padding-empty-batch", "padding_mask", (_a(dtype=np.int64).reshape(0), 4)),
+    MaskCall("padding-zero-len", "padding_mask", (_a(0, 0), 0)),
+    MaskCall("padding-from-ids", "padding_mask_from_ids", (_a([1, 2, 3, 0, 0, 0], [1, 2, 3, 4, 5, 6]), 0)),
+    MaskCall("attention-padding-kv", "attention_padding_mask", (_VALID,)),
+    MaskCall("attention-padding-q-and-kv", "attention_padding_mask", (_VALID, _Q_VALID)),
+    MaskCall("segment-self", "segment_mask", (_SEGMENTS,)),
+    MaskCall("segment-pad", "segment_mask", (_SEGMENTS,), {"pad_id": -1}),
+    MaskCall("segment-cross", "segment_mask", (_SEGMENTS[:, :3], _SEGMENTS)),
+    MaskCall("prefix-lm", "prefix_lm_mask", (_a(2, 0, 5), 5)),
+    MaskCall("prefix-lm-T<S", "prefix_lm_mask", (_a(2, 6), 3, 7), {"align": "bottom_right"}),
+    MaskCall("and", "and_masks", (_CAUSAL_4x6, None, oracle.attention_padding_mask(_VALID[:, :6]))),
+    MaskCall("or", "or_masks", (_CAUSAL_4x6, oracle.sliding_window_mask(4, 6, window=(0, 2)))),
+    MaskCall("to-additive-min", "to_additive", (_CAUSAL_4x6, "float32")),
+    MaskCall("to-additive-inf", "to_additive", (_CAUSAL_4x6, "float16"), {"fill": "-inf"}),
+    MaskCall("to-additive-number", "to_additive", (_CAUSAL_4x6, "float32"), {"fill": -1e9}),
+    MaskCall("from-additive", "from_additive", (oracle.to_additive(_CAUSAL_4x6, "float32"),)),
+    MaskCall(
+        "from-additive-threshold",
+        "from_additive",
+        (oracle.to_additive(_CAUSAL_4x6, "float32", fill=-1e9),),
+        {"threshold": -1e9},
+    ),
+    MaskCall("from-torch-mha-bool", "from_torch_mha", (~_CAUSAL_4x6, ~_VALID)),
+    MaskCall(
+        "from-torch-mha-3d",
+        "from_torch_mha",
+        (np.broadcast_to(~_CAUSAL_4x6, (6, 4, 6)).copy(),),
+        {"num_heads": 3},
+    ),
+    MaskCall(
+        "from-torch-mha-float",
+        "from_torch_mha",
+        (oracle.to_additive(_CAUSAL_4x6, "float32", fill="-inf"), ~_VALID),
+    ),
+    MaskCall("to-torch-mha-causal", "to_torch_mha", (_CAUSAL_4x6,)),
+    MaskCall("to-torch-mha-padding", "to_torch_mha", (oracle.attention_padding_mask(_VALID),)),
+    MaskCall(
+        "to-torch-mha-heads",
+        "to_torch_mha",
+        (oracle.and_masks(_CAUSAL_4x6, oracle.attention_padding_mask(_VALID)),),
+        {"num_heads": 2},
+    ),
+    MaskCall("from-hf", "from_hf", (_a([1, 1, 1, 0], [0, 1, 1, 1]),)),
+)
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """An attention problem: q (*batch, H, T, D), k/v (*batch, H_kv, S, D/Dv) and a canonical mask."""
+
+    id: str
+    batch: tuple[int, ...]
+    heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    value_dim: int
+    make_mask: Callable[[], np.ndarray | None]
+
+    @property
+    def scores_shape(self) -> tuple[int, ...]:
+        return (*self.batch, self.heads, self.q_len, self.kv_len)
+
+    def mask(self) -> np.ndarray | None:
+        return self.make_mask()
+
+    def arrays(self, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+        """q, k, v and raw scores drawn from N(0, 1) by `seed`, rounded to `dtype`."""
+        rng = np.random.default_rng(seed)
+        d = numpy_dtype(dtype)
+        q = rng.standard_normal((*self.batch, self.heads, self.q_len, self.head_dim)).astype(d)
+        k = rng.standard_normal((*self.batch, self.kv_heads, self.kv_len, self.head_dim)).astype(d)
+        v = rng.standard_normal((*self.batch, self.kv_heads, self.kv_len, self.value_dim)).astype(d)
+        scores = (2.0 * rng.standard_normal(self.scores_shape)).astype(d)
+        return {"q": q, "k": k, "v": v, "scores": scores}
+
+
+def _case(id_: str, batch, heads, kv_heads, t, s, make_mask, d=8, dv=4) -> AttentionCase:
+    return AttentionCase(id_, tuple(batch), heads, kv_heads, t, s, d, dv, make_mask)
+
+
+def _padding(lengths, s, side="right"):
+    return lambda: oracle.attention_padding_mask(oracle.padding_mask(np.array(lengths), s, side=side))
+
+
+ATTENTION_CASES: tuple[AttentionCase, ...] = (
+    _case("no-mask", (2,), 2, 2, 5, 5, lambda: None),
+    _case("causal-T=S", (2,), 2, 2, 6, 6, lambda: oracle.causal_mask(6)),
+    _case("causal-T<S-bottom_right", (2,), 2, 2, 3, 7, lambda: oracle.causal_mask(3, 7, align="bottom_right")),
+    _case("causal-T>S-bottom_right-fully-masked-rows", (1,), 2, 2, 6, 3,
+          lambda: oracle.causal_mask(6, 3, align="bottom_right")),
+    _case("causal-T=1-decode", (2,), 4, 2, 1, 9, lambda: oracle.causal_mask(1, 9, align="bottom_right")),
+    _case("S=1", (2,), 2, 2, 4, 1, lambda: oracle.causal_mask(4, 1)),
+    _case("sliding-window", (1,), 2, 2, 8, 8, lambda: oracle.sliding_window_mask(8, window=(2, 1))),
+    _case("causal-sliding-window", (1,), 2, 2, 8, 8,
+          lambda: oracle.and_masks(oracle.causal_mask(8), oracle.sliding_window_mask(8, window=(3, 0)))),
+    _case("chunked", (1,), 2, 2, 8, 8, lambda: oracle.chunked_mask(8, chunk_size=3)),
+    _case("padding-right", (4,), 2, 2, 6, 6, _padding([4, 1, 6, 3], 6)),
+    _case("padding-left", (4,), 2, 2, 6, 6, _padding([4, 1, 6, 3], 6, side="left")),
+    _case("fully-masked-batch-item", (3,), 2, 2, 5, 5, _padding([5, 0, 2], 5)),
+    _case("padding-queries-and-keys", (2,), 2, 2, 4, 4,
+          lambda: oracle.attention_padding_mask(oracle.padding_mask(np.array([2, 4]), 4),
+                                                oracle.padding_mask(np.array([3, 1]), 4))),
+    _case("causal+padding", (3,), 2, 2, 5, 5,
+          lambda: oracle.and_masks(oracle.causal_mask(5), _padding([5, 3, 1], 5)())),
+    _case("segment-packed", (2,), 2, 2, 6, 6,
+          lambda: oracle.segment_mask(np.array([[0, 0, 1, 1, 1, 2], [0, 0, 0, 1, 1, -1]]), pad_id=-1)),
+    _case("prefix-lm", (2,), 2, 2, 6, 6, lambda: oracle.prefix_lm_mask(np.array([2, 4]), 6)),
+    _case("gqa-causal", (2,), 4, 2, 5, 5, lambda: oracle.causal_mask(5)),
+    _case("mqa-padding", (2,), 4, 1, 4, 6, _padding([6, 2], 6)),
+    _case("no-batch-axis", (), 2, 2, 4, 4, lambda: oracle.causal_mask(4)),
+    _case("two-batch-axes", (2, 3), 2, 2, 3, 4, lambda: oracle.causal_mask(3, 4, align="bottom_right")),
+    _case("T=0", (2,), 2, 2, 0, 5, lambda: oracle.causal_mask(0, 5)),
+    _case("S=0", (2,), 2, 2, 3, 0, lambda: oracle.causal_mask(3, 0)),
+    _case("B=0", (0,), 2, 2, 3, 3, lambda: oracle.causal_mask(3)),
+)

@@ -1,0 +1,42 @@
+"""Every tolerance refmask's tests (and refmask.testing's defaults) use, per dtype, in one place.
+
+Weights are compared in ULPs of their dtype; attention outputs, which can cancel to near 0, in
+ULPs of a scale (by default the largest |expected| entry): |actual - expected| <= n * eps * scale.
+Structure is never toleranced: the same entries are exactly 0, the same entries are NaN.
+
+Why these numbers: the oracle rounds an exact (float64) result once. A backend computing in the
+input precision (float32, float64) loses a few ULP in exp and in the row sum, and, for
+attention_weights, the rounding of each score s is amplified to about |s - max| ULP by exp;
+the catalogue's scores stay within a few units. float16 and bfloat16 backends accumulate in
+float32 and round once, so they are off by at most one ULP (a double rounding).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SOFTMAX_MAX_ULP = {"float64": 8, "float32": 4, "float16": 1, "bfloat16": 1}
+ATTENTION_WEIGHTS_MAX_ULP = {"float64": 32, "float32": 16, "float16": 1, "bfloat16": 1}
+ATTENTION_OUTPUT_MAX_ULP = {"float64": 64, "float32": 32, "float16": 2, "bfloat16": 2}
+
+
+def dtype_name(dtype: Any) -> str:
+    """"float32", "bfloat16", ... for a NumPy, jax or torch dtype or a name."""
+    name = str(dtype)
+    return name.removeprefix("torch.")
+
+
+def eps(dtype: Any) -> float:
+    name = dtype_name(dtype)
+    if name == "bfloat16":
+        return 2.0**-7
+    return float(np.finfo(name).eps)
+
+
+def tolerance(table: dict[str, int], dtype: Any) -> int:
+    name = dtype_name(dtype)
+    if name not in table:
+        raise ValueError(f"no tolerance for dtype {name}; refmask compares {', '.join(table)}")
+    return table[name]
