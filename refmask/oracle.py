@@ -181,7 +181,8 @@ def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any
     position = np.arange(max_len)
     if side == "right":
         return position < lengths[..., None]
-    return position >= max_len - lengths[..., None]
+    # int64: max_len - lengths must not wrap or overflow in a narrow dtype (uint8 lengths, max_len 300).
+    return position >= max_len - lengths[..., None].astype(np.int64)
 
 
 def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> Mask:
@@ -314,8 +315,10 @@ def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
     A bias value counts as masking when it is <= threshold. threshold="min" (default) means
     finfo(bias.dtype).min, so exactly -inf and finfo.min count (the fills of to_additive, and
     what Flax, Hugging Face and torch write; two stacked finfo.min fills give -inf and still
-    count). Pass the number a tutorial used (threshold=-1e9) to read such masks. NaN in the bias
-    is refused: it is neither kept nor masked.
+    count). Pass the number a tutorial used (threshold=-1e9) to read such masks; a number is
+    rounded to bias.dtype first, as to_additive writes it (fill=-1e4 is -9984 in bfloat16), so
+    from_additive(to_additive(m, dtype, fill=x), threshold=x) is m. NaN in the bias is refused:
+    it is neither kept nor masked.
     """
     bias = _floating("bias", bias)
     if np.isnan(bias).any():
@@ -324,7 +327,10 @@ def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
         check.choice("threshold", threshold, ("min",))
         limit = _finfo(bias.dtype).min
     else:
-        limit = threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or threshold != threshold:
+            raise TypeError(f'threshold must be "min" or a number (a masking value); got {threshold!r}')
+        with np.errstate(over="ignore"):
+            limit = np.asarray(threshold, dtype=np.float64).astype(bias.dtype)
     return bias > limit
 
 
@@ -353,7 +359,7 @@ def from_torch_mha(
                 raise ValueError(
                     f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
                 )
-            keep = keep.reshape(-1, heads, *keep.shape[1:])
+            keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
         elif keep.ndim != 2:
             raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {keep.shape}")
     if key_padding_mask is not None:
@@ -463,16 +469,24 @@ def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_maske
 
 
 def _softmax_kept(x: np.ndarray, keep: np.ndarray, axis: int, fully_masked: str) -> np.ndarray:
-    """masked_softmax's arithmetic in float64 (no rounding to the input dtype)."""
-    kept_x = np.where(keep, x, -np.inf)
+    """masked_softmax's arithmetic in float64 (no rounding to the input dtype).
+
+    x (float64, keep's shape) is overwritten with the weights and returned: every caller passes a
+    fresh array of its own, and working in place avoids a full-size temporary at each step.
+    """
     any_kept = keep.any(axis=axis, keepdims=True)
+    np.copyto(x, -np.inf, where=~keep)
     with np.errstate(invalid="ignore", over="ignore"):
         # NaN-propagating max over kept entries; rows with nothing kept get 0 to stay finite.
-        m = np.where(any_kept, np.max(kept_x, axis=axis, keepdims=True, initial=-np.inf), 0.0)
-        e = np.where(keep, np.exp(kept_x - m), 0.0)
-        w = e / np.sum(e, axis=axis, keepdims=True)
+        m = np.where(any_kept, x.max(axis=axis, keepdims=True, initial=-np.inf), 0.0)
+        x -= m
+        # Masked entries hold exp(-inf) = 0 wherever the row's weights are numbers; where they are
+        # not (a kept NaN, +inf or all kept -inf) the whole row is NaN, as the definition says.
+        np.exp(x, out=x)
+        x /= x.sum(axis=axis, keepdims=True)
     fully_masked_value = {"zero": 0.0, "uniform": 1.0 / max(x.shape[axis], 1), "nan": np.nan}[fully_masked]
-    return np.where(any_kept, w, fully_masked_value)
+    np.copyto(x, fully_masked_value, where=~any_kept)
+    return x
 
 
 def masked_softmax_vjp(
@@ -485,6 +499,7 @@ def masked_softmax_vjp(
     policy, so its gradient is exactly 0 (finite under "zero" and "uniform" as well as "nan").
     """
     scores = _floating("scores", scores)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     g = _floating("cotangent", cotangent)
     if g.shape != scores.shape:
         raise ValueError(f"cotangent must have the scores' shape {scores.shape}; got {g.shape}")
@@ -521,9 +536,10 @@ def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float | None) -> np.
     """float64 scores scale * q @ k^T + bias, (..., H, T, S)."""
     scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
     k = _repeat_kv_heads(k, q.shape[-3]) if q.ndim >= 3 else k
-    s = np.matmul(q.astype(np.float64), np.swapaxes(k.astype(np.float64), -1, -2)) * scale
+    s = np.matmul(q.astype(np.float64, copy=False), np.swapaxes(k.astype(np.float64, copy=False), -1, -2))
+    s *= scale
     if bias is not None:
-        s = s + bias.astype(np.float64)
+        s += bias.astype(np.float64, copy=False)
     return s
 
 
@@ -582,17 +598,20 @@ def attention(
     bias, mask = _checked_bias_and_mask(bias, mask, shape)
     if is_causal:
         mask = and_masks(mask, causal_mask(shape[-2], shape[-1]))
-    vv = _repeat_kv_heads(vv, q.shape[-3]) if q.ndim >= 3 else vv
+    # Keys and values are cast (and repeated for grouped-query attention) once, not once per block.
+    if q.ndim >= 3:
+        k, vv = _repeat_kv_heads(k, q.shape[-3]), _repeat_kv_heads(vv, q.shape[-3])
+    k, vv = k.astype(np.float64), vv.astype(np.float64)
     t, s = shape[-2], shape[-1]
     if return_weights:
         w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, 0, t)
-        return (w @ vv.astype(np.float64)).astype(q.dtype), w.astype(q.dtype)
+        return (w @ vv).astype(q.dtype), w.astype(q.dtype)
     rows = max(1, _ATTENTION_BLOCK_ELEMENTS // max(1, math.prod(shape[:-2]) * s))
     out = np.empty(q.shape[:-1] + (vv.shape[-1],), dtype=q.dtype)
     for start in range(0, t, rows):
         stop = min(start + rows, t)
         w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop)
-        out[..., start:stop, :] = (w @ vv.astype(np.float64)).astype(q.dtype)
+        out[..., start:stop, :] = (w @ vv).astype(q.dtype)
     return out
 
 

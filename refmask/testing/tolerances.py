@@ -21,6 +21,17 @@ SOFTMAX_MAX_ULP = {"float64": 8, "float32": 4, "float16": 1, "bfloat16": 1}
 ATTENTION_WEIGHTS_MAX_ULP = {"float64": 32, "float32": 16, "float16": 1, "bfloat16": 1}
 ATTENTION_OUTPUT_MAX_ULP = {"float64": 64, "float32": 32, "float16": 2, "bfloat16": 2}
 
+# |sum of a kept row's weights - 1| <= n * eps(dtype), the sum taken exactly (in float64). Each
+# once-rounded weight is off by at most eps/2 of itself, so the weights of a row are off by at
+# most eps/2 in all (float32, float16, bfloat16); float64 weights carry a few rounding errors of
+# exp and of the row sum, and the float64 sum adds one per key (rows of up to ~16 keys).
+KEPT_ROW_SUM_MAX_EPS = {"float64": 32, "float32": 1, "float16": 1, "bfloat16": 1}
+
+# A float64 central difference (f(x + h) - f(x - h)) / 2h with h = 1e-6 on softmax weights: its
+# truncation error is ~h**2 and its rounding error ~eps / h ~ 1e-10.
+VJP_FINITE_DIFFERENCE_STEP = 1e-6
+VJP_FINITE_DIFFERENCE_ATOL = 1e-8
+
 
 def dtype_name(dtype: Any) -> str:
     """"float32", "bfloat16", ... for a NumPy, jax or torch dtype or a name."""

@@ -1,0 +1,121 @@
+"""`import refmask` imports NumPy only; backend= dispatch and inference from array types."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import refmask
+from refmask import _backends, oracle
+
+FRAMEWORKS = ("jax", "jaxlib", "flax", "torch")
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+def test_import_refmask_and_numpy_calls_import_no_framework():
+    result = run_python(f"""
+        import sys
+        import numpy as np
+        import refmask, refmask.testing
+
+        def loaded():
+            return sorted(m for m in {FRAMEWORKS!r} if m in sys.modules)
+
+        assert loaded() == [], ("after import refmask", loaded())
+        mask = refmask.and_masks(refmask.causal_mask(4), refmask.attention_padding_mask(refmask.padding_mask([4, 2], 4)))
+        refmask.masked_softmax(np.zeros((2, 1, 4, 4), np.float32), mask, fully_masked="uniform")
+        q = np.ones((2, 2, 4, 3))
+        refmask.attention(q, q, q, mask, return_weights=True)
+        refmask.from_torch_mha(*refmask.to_torch_mha(refmask.causal_mask(3)))
+        refmask.from_additive(refmask.to_additive(mask, "float16", fill="-inf"))
+        refmask.testing.assert_weights_close(np.ones(2), np.ones(2))
+        assert refmask.installed_backends()[0] == "numpy"
+        assert loaded() == [], ("after numpy-backend calls", loaded())
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_backend_names():
+    assert refmask.BACKENDS == ("numpy", "jax", "torch")
+
+
+def test_installed_backends_here():
+    # The test environment installs every extra (refmask[all]).
+    assert refmask.installed_backends() == ("numpy", "jax", "torch")
+
+
+@pytest.mark.parametrize("arrays", [
+    (np.zeros(3),),
+    (np.zeros(3), None, [1.0, 2.0]),
+    ([[True]], 3.0),
+    (),
+])
+def test_numpy_arrays_lists_and_numbers_infer_numpy(arrays):
+    assert _backends.infer_backend(*arrays) == "numpy"
+    assert _backends.resolve(None, *arrays) is oracle
+
+
+def test_public_functions_return_numpy_for_numpy_input():
+    out = refmask.masked_softmax(np.zeros((2, 3), np.float32), np.ones((2, 3), bool))
+    assert type(out) is np.ndarray and out.dtype == np.float32
+    assert type(refmask.causal_mask(3)) is np.ndarray
+    assert type(refmask.causal_mask(3, backend="numpy")) is np.ndarray
+
+
+@pytest.fixture(scope="module")
+def frameworks():
+    import jax.numpy as jnp
+    import torch
+
+    return jnp, torch
+
+
+def test_jax_and_torch_arrays_are_recognised(frameworks):
+    jnp, torch = frameworks
+    assert _backends.infer_backend(jnp.zeros(3)) == "jax"
+    assert _backends.infer_backend(torch.zeros(3)) == "torch"
+    assert _backends.infer_backend(np.zeros(3), jnp.zeros(3), None) == "jax"
+    assert _backends.infer_backend(torch.zeros(3), [1.0], np.ones(2)) == "torch"
+
+
+def test_mixing_jax_and_torch_arrays_is_a_type_error(frameworks):
+    jnp, torch = frameworks
+    with pytest.raises(TypeError) as raised:
+        refmask.masked_softmax(jnp.zeros((2, 3)), torch.ones((2, 3), dtype=torch.bool))
+    message = str(raised.value)
+    assert "jax" in message and "torch" in message and "different frameworks" in message and "backend=" in message
+    with pytest.raises(TypeError, match="different frameworks"):
+        refmask.attention(jnp.zeros((1, 2, 2)), torch.zeros((1, 2, 2)), np.zeros((1, 2, 2)))
+
+
+def test_public_docstrings_are_the_oracle_definitions():
+    for name in ["causal_mask", "masked_softmax", "attention", "from_additive", "from_torch_mha"]:
+        public, definition = getattr(refmask, name), getattr(oracle, name)
+        assert public.__doc__.startswith(definition.__doc__), name
+        assert "backend" in public.__doc__
+
+
+def test_api_reference_examples_run():
+    import doctest
+    from pathlib import Path
+
+    api = Path(__file__).resolve().parent.parent / "docs" / "api.md"
+    result = doctest.testfile(str(api), module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 20 and result.failed == 0, result
+
+
+def test_api_reference_documents_every_public_function():
+    from pathlib import Path
+
+    api = (Path(__file__).resolve().parent.parent / "docs" / "api.md").read_text()
+    for name in refmask.__all__:
+        assert f"`{name}" in api or f"refmask.{name}" in api, name
