@@ -1,0 +1,50 @@
+"""What every adapter shares: the Path record, the NotExpressible signal and the result type.
+
+An adapter is a function `fn(case) -> Native`: it turns a `comparisons.cases.Case` (NumPy q, k, v in
+the case's dtype, a canonical mask with True = attend, and the mask's structure as a `Spec`) into
+one native framework call, and returns what that call returned as NumPy arrays in (B, H, T, S) /
+(B, H, T, D) layout. A case the native path cannot state raises NotExpressible with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class NotExpressible(Exception):
+    """The native path has no way to state this case's mask (e.g. is_causal cannot pad)."""
+
+
+@dataclass
+class Native:
+    """What a native call returned, as NumPy; `qkv` when the path had to use other inputs."""
+
+    weights: np.ndarray | None = None
+    output: np.ndarray | None = None
+    qkv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class Path:
+    """One row of the matrix: a native masking/attention path of one framework."""
+
+    id: str
+    framework: str
+    title: str
+    fn: Callable[..., Native]
+    convention: str  # one line: how refmask's mask is translated for this path
+
+
+def require(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"), square: bool = False,
+            side: str | None = None, why: str) -> None:
+    """Raise NotExpressible unless the case's structure uses only `parts` (and the causal
+    alignments / padding side / T = S the path supports); `why` says what the path lacks."""
+    spec = case.spec
+    extra = spec.parts() - parts
+    _, _, t, s = case.shape
+    if extra or (spec.causal is not None and spec.causal not in causal) or (square and t != s) \
+            or (side is not None and spec.kv_lengths is not None and spec.side != side):
+        raise NotExpressible(why)

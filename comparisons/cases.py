@@ -1,0 +1,160 @@
+"""The case families of the conformance matrix: small attention problems shared by every adapter.
+
+A case holds q, k, v (NumPy, (B, H, T, D) / (B, H, S, D), in the case's dtype), the canonical
+refmask mask (True = attend, broadcastable to (B, H, T, S)) built by the oracle, and a `Spec`: the
+same mask described by its structure (causal alignment, window, lengths, segment ids), for the
+native paths that take structure (`is_causal=True`, `key_value_seq_lengths=`, ...) rather than a
+mask. Everything is drawn from fixed seeds, so the matrix is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from refmask import oracle
+from refmask.testing.cases import numpy_dtype
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The structure of a case's mask; every present part is and-ed.
+
+    causal: None, "top_left", "bottom_right", or "either" (T != S cases where the path's own
+    alignment is reported rather than imposed: the case then has one expected mask per alignment).
+    window: (left, right) sliding window around the (top-left aligned) query position.
+    kv_lengths / q_lengths: per-batch lengths of valid keys / queries, padding on `side`.
+    segments: (B, T) segment ids of packed sequences (self-attention, T = S).
+    """
+
+    causal: str | None = None
+    window: tuple[int, int] | None = None
+    kv_lengths: tuple[int, ...] | None = None
+    q_lengths: tuple[int, ...] | None = None
+    side: str = "right"
+    segments: tuple[tuple[int, ...], ...] | None = None
+
+    def parts(self) -> set[str]:
+        """Names of the structural parts present: {"causal", "window", "kv_lengths", ...}."""
+        names = ("causal", "window", "kv_lengths", "q_lengths", "segments")
+        return {n for n in names if getattr(self, n) is not None}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One column of the matrix."""
+
+    id: str
+    title: str
+    dtype: str
+    q: np.ndarray
+    k: np.ndarray
+    v: np.ndarray
+    spec: Spec
+    masks: dict[str, np.ndarray]  # label -> canonical mask; the first is the one mask-taking paths get
+    poison: str | None = None  # "nan" / "inf": what the scores hold at masked positions
+    notes: str = ""
+
+    @property
+    def mask(self) -> np.ndarray:
+        return next(iter(self.masks.values()))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        b, h, t, _ = self.q.shape
+        return b, h, t, self.k.shape[2]
+
+
+def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None) -> np.ndarray:
+    parts: list[np.ndarray] = [np.ones((1, 1, t, s), bool)]
+    if spec.causal is not None:
+        parts.append(oracle.causal_mask(t, s, align=align or spec.causal))
+    if spec.window is not None:
+        parts.append(oracle.sliding_window_mask(t, s, window=spec.window))
+    if spec.kv_lengths is not None:
+        kv_valid = oracle.padding_mask(np.array(spec.kv_lengths), s, side=spec.side)
+        q_valid = None
+        if spec.q_lengths is not None:
+            q_valid = oracle.padding_mask(np.array(spec.q_lengths), t, side=spec.side)
+        parts.append(oracle.attention_padding_mask(kv_valid, q_valid))
+    if spec.segments is not None:
+        parts.append(oracle.segment_mask(np.array(spec.segments)))
+    return np.broadcast_to(oracle.and_masks(*parts), (b, 1, t, s)).copy()
+
+
+def _case(
+    id_: str,
+    title: str,
+    spec: Spec,
+    *,
+    b: int = 4,
+    h: int = 2,
+    t: int = 6,
+    s: int | None = None,
+    d: int = 4,
+    dtype: str = "float32",
+    poison: str | None = None,
+    seed: int = 0,
+    notes: str = "",
+) -> Case:
+    s = t if s is None else s
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, h, t, d))
+    k = rng.standard_normal((b, h, s, d))
+    v = rng.standard_normal((b, h, s, d))
+    if spec.causal == "either":
+        masks = {a: _mask_from_spec(spec, b, t, s, a) for a in ("bottom_right", "top_left")}
+    else:
+        masks = {"": _mask_from_spec(spec, b, t, s)}
+    mask = next(iter(masks.values()))
+    if poison is not None:
+        # Keys no query may attend to (padded keys) get a poisoned k, so their scores are NaN or
+        # +inf; v stays finite (0 * NaN would poison the oracle's output too).
+        dead_keys = ~mask.any(axis=(1, 2))  # (B, S)
+        if poison == "nan":
+            k[dead_keys[:, None, :, None].repeat(h, 1).repeat(d, 3)] = np.nan
+        else:
+            q[..., 0] = np.abs(q[..., 0]) + 0.5
+            k[np.broadcast_to(dead_keys[:, None, :], (b, h, s))] = 0.0
+            k[..., 0] = np.where(dead_keys[:, None, :], np.inf, k[..., 0])
+    dt = numpy_dtype(dtype)
+    return Case(id_, title, dtype, q.astype(dt), k.astype(dt), v.astype(dt), spec, masks, poison, notes)
+
+
+def all_cases() -> list[Case]:
+    """The matrix's columns, in order.
+
+    All but three share one shape (B=4, H=2, T=S=6, D=4, float32), so a framework that compiles
+    per shape (JAX) compiles once for them; the matrix stays well under a minute.
+    """
+    lengths = (4, 1, 6, 3)
+    return [
+        _case("causal-square", "causal T=S", Spec(causal="top_left")),
+        _case("causal-rectangular", "causal T<S", Spec(causal="either"), t=3, s=6, seed=1,
+              notes="T=3, S=6; mask-taking paths get the bottom_right mask; the alignment a path uses is reported"),
+        _case("sliding-window", "sliding window", Spec(window=(2, 1)), seed=2,
+              notes="window=(2, 1): query i sees keys i-2 .. i+1"),
+        _case("padding-left", "left padding", Spec(kv_lengths=lengths, side="left"), seed=3,
+              notes="key lengths 4, 1, 6, 3, left-padded"),
+        _case("padding-right", "right padding", Spec(kv_lengths=lengths), seed=4,
+              notes="key lengths 4, 1, 6, 3, right-padded"),
+        _case("segment", "segment / packed",
+              Spec(segments=((0, 0, 1, 1, 1, 2), (0, 0, 0, 1, 1, 1), (0, 1, 2, 3, 4, 5), (0,) * 6)), seed=5,
+              notes="packed sequences, segment ids [0,0,1,1,1,2], [0,0,0,1,1,1], [0,1,2,3,4,5], [0]*6"),
+        _case("fully-masked-row", "fully-masked row", Spec(kv_lengths=(2, 4, 6, 5), q_lengths=(3, 1, 6, 4)), seed=6,
+              notes="right-padded queries and keys (query lengths 3, 1, 6, 4; key lengths 2, 4, 6, 5): "
+                    "padded queries see no key"),
+        _case("fully-masked-batch", "fully-masked batch item", Spec(kv_lengths=(6, 0, 2, 4)), seed=7,
+              notes="key lengths 6, 0, 2, 4: batch item 1 has no key at all"),
+        _case("nan-at-masked", "NaN at masked", Spec(kv_lengths=lengths), poison="nan", seed=8,
+              notes="right padding (4, 1, 6, 3); padded keys' k is NaN, so their scores are NaN"),
+        _case("inf-at-masked", "+inf at masked", Spec(kv_lengths=lengths), poison="inf", seed=9,
+              notes="right padding (4, 1, 6, 3); padded keys' scores are +inf"),
+        _case("float16-fills", "float16 fills", Spec(causal="top_left", kv_lengths=(6, 3, 0, 5)),
+              dtype="float16", seed=10,
+              notes="float16, causal + key padding (lengths 6, 3, 0, 5: item 2 fully masked)"),
+        _case("bfloat16-fills", "bfloat16 fills", Spec(causal="top_left", kv_lengths=(6, 3, 0, 5)),
+              dtype="bfloat16", seed=11,
+              notes="bfloat16, causal + key padding (lengths 6, 3, 0, 5: item 2 fully masked)"),
+    ]

@@ -1,0 +1,275 @@
+"""PyTorch's native masking paths, each stated from a refmask case.
+
+Conventions to translate (refmask: bool mask, True = may attend, broadcastable to (B, H, T, S)):
+
+- F.scaled_dot_product_attention: a bool attn_mask means the same as refmask's (True = attend); a
+  float attn_mask is *added* to the scores (0 = attend, -inf or finfo.min = masked);
+  is_causal=True is the top-left causal mask.
+- nn.MultiheadAttention: the opposite bool convention: attn_mask and key_padding_mask True = NOT
+  allowed. attn_mask is (T, S) or (B*H, T, S); inputs are (B, T, E) with E = H * D (batch_first).
+  MHA projects q, k, v itself, so the adapters set every projection to the identity.
+- torch.nn.attention.bias.causal_upper_left / causal_lower_right: causal masks aligned top-left
+  (query i sees keys <= i) and bottom-right (the last query sees the last key).
+- flex_attention: a mask_mod(b, h, q_idx, kv_idx) -> bool with True = attend, compiled into a
+  BlockMask by create_block_mask.
+- nn.Transformer.generate_square_subsequent_mask(T): a float (T, T) mask, -inf above the diagonal.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.bias import causal_lower_right, causal_upper_left
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+from ._base import Native, NotExpressible, Path, require
+
+FRAMEWORK_VERSION = torch.__version__
+
+# ----------------------------------------------------------------------------------------------
+# NumPy <-> torch (bfloat16 travels as its 16 bits: torch.from_numpy does not know ml_dtypes')
+
+
+def to_torch(x: np.ndarray) -> torch.Tensor:
+    if x.dtype.name == "bfloat16":
+        return torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x))
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    x = x.detach().contiguous()
+    if x.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return x.numpy()
+
+
+def _qkv(case):
+    return to_torch(case.q), to_torch(case.k), to_torch(case.v)
+
+
+def _full_mask(case) -> torch.Tensor:
+    """The case's canonical mask as a (B, H, T, S) bool tensor, True = attend."""
+    return torch.from_numpy(np.broadcast_to(case.mask, case.shape).copy())
+
+
+# ----------------------------------------------------------------------------------------------
+# plain softmax
+
+
+def softmax_masked_fill(case) -> Native:
+    """softmax(scores.masked_fill(~mask, -inf)): the textbook way; refmask's mask is the keep mask."""
+    q, k, v = _qkv(case)
+    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = scores.masked_fill(~_full_mask(case), float("-inf"))
+    weights = torch.softmax(scores, dim=-1)
+    return Native(weights=to_numpy(weights), output=to_numpy(weights @ v))
+
+
+# ----------------------------------------------------------------------------------------------
+# scaled_dot_product_attention
+
+
+def sdpa_bool(case) -> Native:
+    """F.scaled_dot_product_attention(attn_mask=mask): a bool mask means what refmask's means."""
+    q, k, v = _qkv(case)
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=_full_mask(case))))
+
+
+def _additive(case, fill: float) -> torch.Tensor:
+    q = to_torch(case.q)
+    return torch.zeros(case.shape, dtype=q.dtype).masked_fill(~_full_mask(case), fill)
+
+
+def sdpa_additive_inf(case) -> Native:
+    """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 where kept, -inf where masked."""
+    q, k, v = _qkv(case)
+    bias = _additive(case, float("-inf"))
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+
+
+def sdpa_additive_min(case) -> Native:
+    """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 kept, finfo(dtype).min masked (as HF)."""
+    q, k, v = _qkv(case)
+    bias = _additive(case, torch.finfo(q.dtype).min)
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+
+
+def sdpa_is_causal(case) -> Native:
+    """F.scaled_dot_product_attention(is_causal=True): causal only, aligned top-left."""
+    require(case, parts={"causal"}, why="is_causal states a top-left causal mask only")
+    q, k, v = _qkv(case)
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+
+
+def sdpa_causal_upper_left(case) -> Native:
+    """attn_mask=causal_upper_left(T, S): the top-left causal mask as a CausalBias."""
+    require(case, parts={"causal"}, why="causal_upper_left states a top-left causal mask only")
+    q, k, v = _qkv(case)
+    bias = causal_upper_left(q.shape[-2], k.shape[-2])
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+
+
+def sdpa_causal_lower_right(case) -> Native:
+    """attn_mask=causal_lower_right(T, S): the bottom-right causal mask as a CausalBias."""
+    _, _, t, s = case.shape
+    aligns = ("bottom_right", "either") + (("top_left",) if t == s else ())
+    require(case, parts={"causal"}, causal=aligns, why="causal_lower_right states a bottom-right causal mask only")
+    q, k, v = _qkv(case)
+    bias = causal_lower_right(q.shape[-2], k.shape[-2])
+    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+
+
+# ----------------------------------------------------------------------------------------------
+# nn.MultiheadAttention
+
+
+def identity_mha(embed_dim: int, num_heads: int, dtype: torch.dtype) -> nn.MultiheadAttention:
+    """An MHA whose q/k/v and output projections are the identity, so it computes plain attention."""
+    mha = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True, dtype=dtype)
+    with torch.no_grad():
+        eye = torch.eye(embed_dim, dtype=dtype)
+        mha.in_proj_weight.copy_(torch.cat([eye, eye, eye]))
+        mha.in_proj_bias.zero_()
+        mha.out_proj.weight.copy_(eye)
+        mha.out_proj.bias.zero_()
+    return mha
+
+
+def _heads_to_embed(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, D) -> (B, T, H*D): MHA's head h reads embedding columns h*D .. (h+1)*D - 1."""
+    b, h, t, d = x.shape
+    return x.permute(0, 2, 1, 3).reshape(b, t, h * d)
+
+
+def _embed_to_heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, t, e = x.shape
+    return x.reshape(b, t, h, e // h).permute(0, 2, 1, 3)
+
+
+def mha_weights(case) -> Native:
+    """nn.MultiheadAttention(need_weights=True): attn_mask = ~mask as (B*H, T, S), True = masked."""
+    q, k, v = _qkv(case)
+    b, h, t, s = case.shape
+    mha = identity_mha(h * q.shape[-1], h, q.dtype)
+    attn_mask = ~_full_mask(case).reshape(b * h, t, s)
+    with torch.no_grad():
+        out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
+                           need_weights=True, average_attn_weights=False)
+    return Native(weights=to_numpy(weights), output=to_numpy(_embed_to_heads(out, h)))
+
+
+def mha_fast_path(case) -> Native:
+    """nn.MultiheadAttention's fast path (eval, inference_mode, need_weights=False).
+
+    The fast path runs only for self-attention (query, key and value the same tensor), so the
+    adapter attends x = q to itself; attn_mask = ~mask as (B*H, T, S), True = masked.
+    """
+    b, h, t, s = case.shape
+    if t != s or case.poison:
+        raise NotExpressible("the fast path is self-attention only (q = k = v): no T != S, no poisoned keys")
+    x = to_torch(case.q)
+    mha = identity_mha(h * x.shape[-1], h, x.dtype).eval()
+    attn_mask = ~_full_mask(case).reshape(b * h, t, s)
+    with torch.inference_mode():
+        xe = _heads_to_embed(x)
+        out, _ = mha(xe, xe, xe, attn_mask=attn_mask, need_weights=False)
+    return Native(output=to_numpy(_embed_to_heads(out, h)), qkv=(case.q, case.q, case.q))
+
+
+def mha_square_subsequent(case) -> Native:
+    """MHA with attn_mask=nn.Transformer.generate_square_subsequent_mask(T) (float, -inf above the
+    diagonal) and key padding as a float key_padding_mask (-inf at padded keys)."""
+    require(case, parts={"causal", "kv_lengths"}, square=True, side="right",
+            why="generate_square_subsequent_mask states a square causal mask only (plus key padding)")
+    if case.spec.causal is None:
+        raise NotExpressible("generate_square_subsequent_mask is a causal mask: it cannot state a non-causal case")
+    q, k, v = _qkv(case)
+    b, h, t, s = case.shape
+    mha = identity_mha(h * q.shape[-1], h, q.dtype)
+    attn_mask = nn.Transformer.generate_square_subsequent_mask(t, dtype=q.dtype)
+    key_padding_mask = None
+    if case.spec.kv_lengths is not None:
+        padded = torch.arange(s)[None, :] >= torch.tensor(case.spec.kv_lengths)[:, None]
+        key_padding_mask = torch.zeros(b, s, dtype=q.dtype).masked_fill(padded, float("-inf"))
+    with torch.no_grad():
+        out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
+                           key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=False)
+    return Native(weights=to_numpy(weights), output=to_numpy(_embed_to_heads(out, h)))
+
+
+# ----------------------------------------------------------------------------------------------
+# flex_attention
+
+
+def flex_mask_mod(case):
+    """refmask's mask of the case written as a flex mask_mod (True = attend), from its structure."""
+    spec = case.spec
+    _, _, t, s = case.shape
+    shift = s - t if spec.causal in ("bottom_right", "either") else 0
+    kv_len = None if spec.kv_lengths is None else torch.tensor(spec.kv_lengths)
+    q_len = None if spec.q_lengths is None else torch.tensor(spec.q_lengths)
+    segments = None if spec.segments is None else torch.tensor(spec.segments)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = q_idx >= 0  # all True, as a tensor
+        if spec.causal is not None:
+            keep = keep & (kv_idx <= q_idx + shift)
+        if spec.window is not None:
+            left, right = spec.window
+            keep = keep & (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+        if kv_len is not None:
+            kv_ok = kv_idx < kv_len[b] if spec.side == "right" else kv_idx >= s - kv_len[b]
+            keep = keep & kv_ok
+        if q_len is not None:
+            q_ok = q_idx < q_len[b] if spec.side == "right" else q_idx >= t - q_len[b]
+            keep = keep & q_ok
+        if segments is not None:
+            keep = keep & (segments[b, q_idx] == segments[b, kv_idx])
+        return keep
+
+    return mask_mod
+
+
+def flex(case) -> Native:
+    """flex_attention(q, k, v, block_mask=create_block_mask(mask_mod, B, H, T, S, device="cpu"))."""
+    q, k, v = _qkv(case)
+    b, h, t, s = case.shape
+    block_mask = create_block_mask(flex_mask_mod(case), b, h, t, s, device="cpu")
+    with warnings.catch_warnings():
+        # Eager flex_attention warns that it runs unfused without torch.compile; that is intended here.
+        warnings.simplefilter("ignore")
+        out = flex_attention(q, k, v, block_mask=block_mask)
+    return Native(output=to_numpy(out))
+
+
+PATHS = [
+    Path("torch.softmax-masked_fill", "torch", "softmax(scores.masked_fill(~mask, -inf))", softmax_masked_fill,
+         "keep mask inverted for masked_fill; weights and output"),
+    Path("torch.mha-weights", "torch", "nn.MultiheadAttention(need_weights=True)", mha_weights,
+         "attn_mask = ~mask, (B*H, T, S), True = masked; identity projections"),
+    Path("torch.mha-fast-path", "torch", "nn.MultiheadAttention fast path", mha_fast_path,
+         "eval + inference_mode + need_weights=False; self-attention x = q only"),
+    Path("torch.mha-square-subsequent", "torch", "MHA + generate_square_subsequent_mask", mha_square_subsequent,
+         "float -inf causal (T, T) attn_mask, float -inf key_padding_mask"),
+    Path("torch.sdpa-bool", "torch", "F.scaled_dot_product_attention(bool attn_mask)", sdpa_bool,
+         "bool attn_mask, True = attend (same as refmask)"),
+    Path("torch.sdpa-additive-inf", "torch", "F.scaled_dot_product_attention(additive -inf)", sdpa_additive_inf,
+         "float attn_mask: 0 kept, -inf masked"),
+    Path("torch.sdpa-additive-min", "torch", "F.scaled_dot_product_attention(additive finfo.min)",
+         sdpa_additive_min, "float attn_mask: 0 kept, finfo(dtype).min masked"),
+    Path("torch.sdpa-is_causal", "torch", "F.scaled_dot_product_attention(is_causal=True)", sdpa_is_causal,
+         "causal only, top-left"),
+    Path("torch.sdpa-causal_upper_left", "torch", "SDPA + causal_upper_left(T, S)", sdpa_causal_upper_left,
+         "CausalBias, top-left"),
+    Path("torch.sdpa-causal_lower_right", "torch", "SDPA + causal_lower_right(T, S)", sdpa_causal_lower_right,
+         "CausalBias, bottom-right"),
+    Path("torch.flex_attention", "torch", "flex_attention + create_block_mask", flex,
+         "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure"),
+]
