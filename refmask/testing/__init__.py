@@ -1,11 +1,43 @@
 """refmask.testing: the oracle as a test dependency for your own attention code.
 
-assert_weights_close / assert_attention_close compare any NumPy, jax or torch arrays with the
-oracle's, structure first (same exact zeros, same NaNs), then values within per-dtype tolerances
-(refmask.testing.tolerances). The case catalogue is refmask.testing.cases.
+- check_attention(fn, ...): run your attention function over refmask's case catalogue and
+  hypothesis-generated examples, against the oracle; one line in a test file.
+- assert_weights_close / assert_attention_close: compare any NumPy, jax or torch arrays with the
+  oracle's, structure first (shape, dtype, the same NaNs, the same exact zeros), then values within
+  per-dtype tolerances (refmask.testing.tolerances), with a report that names the worst entry.
+- refmask.testing.strategies: hypothesis strategies for masks, lengths, segment ids and attention
+  problems (imported on first use: only it and check_attention's examples need hypothesis).
+- refmask.testing.cases: the shared case catalogue; refmask.testing.plugin: the pytest plugin
+  (an `attention_backend` fixture and a --refmask-backends option).
+
+See docs/testing.md.
 """
 
-from . import cases, tolerances
-from ._assert import assert_attention_close, assert_weights_close, ulp_distance
+from typing import Any
 
-__all__ = ["assert_attention_close", "assert_weights_close", "cases", "tolerances", "ulp_distance"]
+from . import cases, tolerances
+from ._assert import MismatchError, assert_attention_close, assert_weights_close, ulp_distance
+from .check import MASK_KINDS, CheckError, CheckReport, check_attention
+
+__all__ = [
+    "MASK_KINDS",
+    "CheckError",
+    "CheckReport",
+    "MismatchError",
+    "assert_attention_close",
+    "assert_weights_close",
+    "cases",
+    "check_attention",
+    "strategies",
+    "tolerances",
+    "ulp_distance",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # `refmask.testing.strategies` imports hypothesis, which only the test extra installs.
+    if name == "strategies":
+        import importlib
+
+        return importlib.import_module(".strategies", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

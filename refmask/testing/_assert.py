@@ -1,8 +1,14 @@
 """Raising comparisons of attention weights and outputs against the oracle's.
 
 Checks run in order, and the first that fails raises AssertionError with a report a person can
-act on: shape, then dtype, then structure (the same entries exactly 0, the same entries NaN), then
-values within the per-dtype tolerance of refmask.testing.tolerances.
+act on: shape, then dtype, then structure (the same entries NaN; for weights also the same entries
+exactly 0; for outputs, exactly 0 wherever the oracle's row is fully masked and 0), then values
+within the per-dtype tolerance of refmask.testing.tolerances.
+
+A report names how many entries differ, the worst one with its index ((batch, head, query, key)
+for weights, (batch, head, query, dim) for outputs), its value and the oracle's, their ULP
+distance, whether that entry is masked and its row fully masked (when the mask is passed), and a
+hint when the pattern points at a classic bug.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from . import tolerances as tol
 
 _INT_OF_WIDTH = {2: np.int16, 4: np.int32, 8: np.int64}
 
+# Rows at most this long are printed whole in a report (actual and oracle side by side).
+_PRINT_ROW_MAX = 16
+
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Number of representable values of their (shared) dtype between a and b; +0 and -0 are 0 apart.
 
     Returned as float64 (exact below 2**53). NaN entries give NaN.
     """
+    a, b = np.asarray(a), np.asarray(b)
     if a.dtype != b.dtype:
         raise TypeError(f"ulp_distance needs one dtype; got {a.dtype} and {b.dtype}")
     ints = _INT_OF_WIDTH[a.dtype.itemsize]
@@ -39,7 +49,7 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Mismatch:
-    """The worst entry of a failed comparison."""
+    """The worst entry of a failed comparison, and what is known about it."""
 
     kind: str
     count: int
@@ -50,64 +60,188 @@ class Mismatch:
     ulp: float
     row_fully_masked: bool | None
     entry_masked: bool | None
+    last_axis: str = "key"
+    actual_row: np.ndarray | None = None
+    expected_row: np.ndarray | None = None
+    hint: str | None = None
 
     def report(self, what: str) -> str:
-        where = _index_names(self.index)
+        where = index_names(self.index, self.last_axis)
+        ulp = "ULP distance undefined (NaN)" if np.isnan(self.ulp) else f"{self.ulp:g} ULP apart"
         lines = [
             f"{what}: {self.count} of {self.total} entries differ ({self.kind})",
-            f"  worst at {where}: actual {self.actual!r}, oracle {self.expected!r}, {self.ulp:g} ULP apart",
+            f"  worst at {where}: actual {self.actual!r}, oracle {self.expected!r}, {ulp}",
         ]
         if self.entry_masked is not None:
-            lines.append(f"  that entry is {'masked' if self.entry_masked else 'kept'} by the mask")
+            lines.append(f"  that entry is {'masked (mask False)' if self.entry_masked else 'kept (mask True)'}")
         if self.row_fully_masked is not None:
-            lines.append(f"  its row is {'fully masked' if self.row_fully_masked else 'not fully masked'}")
+            lines.append(
+                "  its row is fully masked (no key kept)" if self.row_fully_masked else "  its row is not fully masked"
+            )
+        if self.actual_row is not None and self.expected_row is not None:
+            lines.append(f"  that row, actual: {_fmt_row(self.actual_row)}")
+            lines.append(f"  that row, oracle: {_fmt_row(self.expected_row)}")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
 
 
-def _index_names(index: tuple[int, ...]) -> str:
-    names = ("batch", "head", "query", "key")
-    if len(index) == 4:
-        return "(" + ", ".join(f"{n}={i}" for n, i in zip(names, index)) + ")"
-    return str(tuple(int(i) for i in index))
+class MismatchError(AssertionError):
+    """AssertionError of assert_weights_close / assert_attention_close; `.mismatch` is the worst entry."""
+
+    def __init__(self, message: str, mismatch: Mismatch) -> None:
+        super().__init__(message)
+        self.mismatch = mismatch
+
+
+def index_names(index: tuple[int, ...], last_axis: str = "key") -> str:
+    """(batch=1, head=0, query=2, key=3): the last three axes are head, query and `last_axis`,
+    any before them batch axes (batch, or batch0, batch1, ... when there are several)."""
+    n = len(index)
+    if n == 0:
+        return "()"
+    tail = ["head", "query", last_axis][-min(n, 3) :] if n >= 2 else [last_axis]
+    lead = n - len(tail)
+    batch = ["batch"] if lead == 1 else [f"batch{i}" for i in range(lead)]
+    return "(" + ", ".join(f"{name}={int(i)}" for name, i in zip(batch + tail, index)) + ")"
+
+
+def _fmt_row(row: np.ndarray) -> str:
+    return np.array2string(np.asarray(row, dtype=np.float64), precision=4, separator=", ", max_line_width=10_000)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
     return np.asarray(to_numpy(x))
 
 
-def _mask_info(mask: Any, shape: tuple[int, ...], index: tuple[int, ...]) -> tuple[bool | None, bool | None]:
+def _keep_for(mask: Any, rows_shape: tuple[int, ...], kv_len: int | None) -> np.ndarray | None:
+    """The mask broadcast to (*rows_shape, S), or None when there is none or it does not fit."""
     if mask is None:
-        return None, None
-    keep = np.broadcast_to(_as_numpy(mask), shape)
-    row = keep[index[:-1]] if len(shape) else keep
-    return (not bool(row.any())), (not bool(keep[index]))
+        return None
+    keep = _as_numpy(mask)
+    if keep.dtype != np.bool_ or keep.ndim < 1:
+        return None
+    s = keep.shape[-1] if kv_len is None else kv_len
+    try:
+        return np.broadcast_to(keep, (*rows_shape, s))
+    except ValueError:
+        return None
 
 
-def _worst(kind, bad, score, a, e, mask) -> Mismatch:
-    score = np.where(bad, np.nan_to_num(score, nan=np.inf), -np.inf)
+def _worst(
+    kind: str,
+    bad: np.ndarray,
+    score: np.ndarray,
+    a: np.ndarray,
+    e: np.ndarray,
+    mask: Any,
+    *,
+    weights: bool,
+) -> Mismatch:
+    score = np.where(bad, np.nan_to_num(np.asarray(score, dtype=np.float64), nan=np.inf), -np.inf)
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), a.shape))
-    ulp = float(ulp_distance(a[index][None], e[index][None])[0]) if a.dtype == e.dtype else float("nan")
-    fully, masked = _mask_info(mask, a.shape, index)
+    ulp = float(ulp_distance(a[index][None], e[index][None].astype(a.dtype))[0])
+    fully = masked = None
+    keep = _keep_for(mask, a.shape[:-1], a.shape[-1] if weights else None) if a.ndim else None
+    if keep is not None:
+        row_keep = keep[index[:-1]]
+        fully = not bool(row_keep.any())
+        masked = (not bool(row_keep[index[-1]])) if weights else None
+    actual_row = expected_row = None
+    if a.ndim and a.shape[-1] <= _PRINT_ROW_MAX:
+        actual_row, expected_row = a[index[:-1]], e[index[:-1]]
+    hint = _hint(a, e, index, fully, masked, weights)
     return Mismatch(
-        kind, int(bad.sum()), int(a.size), index, float(a[index]), float(e[index]), ulp, fully, masked
+        kind,
+        int(bad.sum()),
+        int(a.size),
+        index,
+        float(a[index]),
+        float(e[index]),
+        ulp,
+        fully,
+        masked,
+        "key" if weights else "dim",
+        actual_row,
+        expected_row,
+        hint,
     )
 
 
-def _structure(what: str, a: np.ndarray, e: np.ndarray, dtype: Any, mask: Any) -> None:
+def _hint(a, e, index, fully, masked, weights) -> str | None:
+    """A guess at the bug behind the worst entry, from patterns that recur in attention code."""
+    av, ev = float(a[index]), float(e[index])
+    if fully:
+        if np.isnan(av):
+            return (
+                "this row has no kept key and yours is NaN: a softmax over all -inf (e.g. -inf fill, or a "
+                "finite fill such as -1e9 that overflows to -inf in float16) -- the oracle follows the "
+                "fully_masked policy you asked for"
+            )
+        return (
+            "this row has no kept key: its value is set by the fully_masked policy (\"zero\": 0; \"uniform\": "
+            "weights 1/S, so the output is the mean of v; \"nan\": NaN); check which one your code follows"
+        )
+    if weights and masked and av != 0 and ev == 0:
+        return "a masked key got weight: is the mask inverted (True = attend) or broadcast along the wrong axis?"
+    if weights and masked is False and av == 0 and ev != 0:
+        return "a kept key got weight 0: is the mask inverted (True = attend) or broadcast along the wrong axis?"
+    if weights and fully is False:
+        row = a[index[:-1]].astype(np.float64)
+        total = float(row.sum())
+        if np.isfinite(total) and abs(total - 1.0) > 1e-2:
+            expected_row = e[index[:-1]].astype(np.float64)
+            if total < 1.0 and (expected_row == 0).any():
+                return f"this row's weights sum to {total:.4g}, not 1: is the mask applied after the softmax?"
+            return f"this row's weights sum to {total:.4g}, not 1"
+    if np.isnan(av) and not np.isnan(ev):
+        return "NaN in a row that has kept keys: overflow in exp (no max subtraction?) or a NaN/inf in masked scores"
+    return None
+
+
+def _raise(what: str, mismatch: Mismatch) -> None:
+    __tracebackhide__ = True
+    raise MismatchError(mismatch.report(what), mismatch)
+
+
+def _dtype_name(dtype: Any) -> str:
+    """"float16" for np.float16, np.dtype("float16"), "float16", jnp.float16 or torch.float16."""
+    if isinstance(dtype, str):
+        return dtype.removeprefix("torch.")
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return tol.dtype_name(dtype)
+
+
+def _check_shape_and_dtype(what: str, a: np.ndarray, e: np.ndarray, dtype: Any) -> None:
+    __tracebackhide__ = True
     if a.shape != e.shape:
         raise AssertionError(f"{what}: shape {a.shape} differs from the oracle's {e.shape}")
-    expected_dtype = tol.dtype_name(e.dtype if dtype is None else dtype)
-    if tol.dtype_name(a.dtype) != expected_dtype:
-        raise AssertionError(f"{what}: dtype {a.dtype} differs from the expected {expected_dtype}")
-    a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    nan_differs = np.isnan(a64) != np.isnan(e64)
+    expected_dtype = _dtype_name(e.dtype if dtype is None else dtype)
+    if _dtype_name(a.dtype) != expected_dtype:
+        raise AssertionError(f"{what}: dtype {_dtype_name(a.dtype)} differs from the expected {expected_dtype}")
+
+
+def _check_nans(what: str, a: np.ndarray, e: np.ndarray, mask: Any, *, weights: bool) -> None:
+    __tracebackhide__ = True
+    nan_differs = np.isnan(a.astype(np.float64)) != np.isnan(e.astype(np.float64))
     if nan_differs.any():
-        raise AssertionError(_worst("NaN where the oracle has none, or the reverse", nan_differs,
-                                    nan_differs.astype(float), a, e, mask).report(what))
+        _raise(what, _worst("NaN where the oracle has none, or the reverse", nan_differs,
+                            nan_differs.astype(float), a, e, mask, weights=weights))
+
+
+def _check_zeros(
+    what: str, a: np.ndarray, e: np.ndarray, mask: Any, where: np.ndarray | None, *, weights: bool
+) -> None:
+    __tracebackhide__ = True
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
     zero_differs = (a64 == 0) != (e64 == 0)
+    if where is not None:
+        zero_differs &= where
     if zero_differs.any():
-        raise AssertionError(_worst("exactly 0 in one and not the other", zero_differs,
-                                    np.abs(a64 - e64), a, e, mask).report(what))
+        _raise(what, _worst("exactly 0 in one and not the other", zero_differs, np.abs(a64 - e64), a, e, mask,
+                            weights=weights))
 
 
 def assert_weights_close(
@@ -121,16 +255,25 @@ def assert_weights_close(
     mask: Any = None,
     table: dict[str, int] | None = None,
 ) -> None:
-    """Assert attention weights equal the oracle's: structure exactly, values within max_ulp ULPs.
+    """Assert attention weights (or a masked softmax) equal the oracle's.
 
-    actual, expected: NumPy, jax or torch arrays. dtype: the dtype actual must have (default:
-    expected's). max_ulp defaults to the per-dtype bound for attention weights; rtol/atol, when
-    given, replace the ULP test by |actual - expected| <= atol + rtol * |expected|. mask (optional)
-    lets the report say whether the worst entry is masked and its row fully masked.
+    Structure exactly (shape, dtype, the same entries NaN, the same entries exactly 0), then values
+    within max_ulp ULPs of actual's dtype.
+
+    actual, expected: NumPy, jax or torch arrays (any mix), (..., H, T, S); pass the oracle's as
+      `expected`.
+    dtype: the dtype actual must have (default: expected's).
+    max_ulp: default tolerances.ATTENTION_WEIGHTS_MAX_ULP[dtype] (or `table`[dtype]).
+    rtol, atol: when given, replace the ULP test by |actual - expected| <= atol + rtol * |expected|.
+    mask: the boolean mask (True = attend, broadcastable to the weights); lets the report say
+      whether the worst entry is masked and its row fully masked.
     """
     __tracebackhide__ = True
     a, e = _as_numpy(actual), _as_numpy(expected)
-    _structure("weights", a, e, dtype, mask)
+    _check_shape_and_dtype("weights", a, e, dtype)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    _check_nans("weights", a, e, mask, weights=True)
+    _check_zeros("weights", a, e, mask, None, weights=True)
     if rtol is not None or atol is not None:
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         excess = np.abs(a64 - e64) - ((atol or 0.0) + (rtol or 0.0) * np.abs(e64))
@@ -138,11 +281,30 @@ def assert_weights_close(
         kind = f"beyond atol={atol} rtol={rtol}"
     else:
         bound = max_ulp if max_ulp is not None else tol.tolerance(table or tol.ATTENTION_WEIGHTS_MAX_ULP, a.dtype)
-        excess = ulp_distance(a, e.astype(a.dtype))
+        excess = ulp_distance(a, e)
         bad = excess > bound
-        kind = f"more than {bound} ULP apart"
+        kind = f"more than {bound:g} ULP apart"
     if bad.any():
-        raise AssertionError(_worst(kind, bad, excess, a, e, mask).report("weights"))
+        _raise("weights", _worst(kind, bad, excess, a, e, mask, weights=True))
+
+
+def output_error(actual: Any, expected: Any, *, scale: float | None = None) -> float:
+    """Largest |actual - expected| in units of eps(dtype) * scale (scale: largest finite |expected|
+    by default), over entries where expected is not NaN: the number assert_attention_close bounds."""
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    ref = _output_scale(e64) if scale is None else float(scale)
+    diff = np.where(np.isnan(e64), 0.0, np.abs(a64 - e64))
+    worst = float(diff.max(initial=0.0))
+    if worst == 0.0:
+        return 0.0
+    unit = tol.eps(a.dtype) * ref
+    return worst / unit if unit > 0 else float("inf")
+
+
+def _output_scale(e64: np.ndarray) -> float:
+    finite = np.abs(e64[np.isfinite(e64)])
+    return float(finite.max()) if finite.size else 0.0
 
 
 def assert_attention_close(
@@ -156,32 +318,38 @@ def assert_attention_close(
     atol: float | None = None,
     mask: Any = None,
 ) -> None:
-    """Assert attention outputs equal the oracle's: NaNs and exact zeros in the same places, values
-    within max_ulp * eps(dtype) * scale (scale defaults to the largest finite |expected|; pass
-    max|v| when you have it) or, when given, atol + rtol * |expected|.
+    """Assert attention outputs equal the oracle's.
+
+    Structure exactly (shape, dtype, the same entries NaN; with `mask`, exactly 0 wherever the
+    oracle's row is fully masked and 0, as under fully_masked="zero"), then values within
+    max_ulp * eps(dtype) * scale, or, when rtol/atol are given, atol + rtol * |expected|.
+
+    actual, expected: NumPy, jax or torch arrays, (..., H, T, Dv); pass the oracle's as `expected`.
+    max_ulp: default tolerances.ATTENTION_OUTPUT_MAX_ULP[dtype].
+    scale: default the largest finite |expected|; pass max|v| when you have it (outputs can cancel
+      to near 0, so a relative test is meaningless there).
+    mask: the boolean mask (broadcastable to the scores (..., H, T, S)); lets the report say whether
+      the worst entry's row is fully masked.
     """
     __tracebackhide__ = True
     a, e = _as_numpy(actual), _as_numpy(expected)
-    if a.shape != e.shape:
-        raise AssertionError(f"output: shape {a.shape} differs from the oracle's {e.shape}")
-    expected_dtype = tol.dtype_name(e.dtype if dtype is None else dtype)
-    if tol.dtype_name(a.dtype) != expected_dtype:
-        raise AssertionError(f"output: dtype {a.dtype} differs from the expected {expected_dtype}")
+    _check_shape_and_dtype("output", a, e, dtype)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    _check_nans("output", a, e, mask, weights=False)
+    keep = _keep_for(mask, a.shape[:-1], None) if a.ndim else None
+    if keep is not None:
+        fully_masked_rows = ~keep.any(axis=-1)[..., None] & (e.astype(np.float64) == 0)
+        _check_zeros("output", a, e, mask, np.broadcast_to(fully_masked_rows, a.shape), weights=False)
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    nan_differs = np.isnan(a64) != np.isnan(e64)
-    if nan_differs.any():
-        raise AssertionError(_worst("NaN where the oracle has none, or the reverse", nan_differs,
-                                    nan_differs.astype(float), a, e, None).report("output"))
     if rtol is not None or atol is not None:
         allowed = (atol or 0.0) + (rtol or 0.0) * np.abs(e64)
         kind = f"beyond atol={atol} rtol={rtol}"
     else:
         bound = max_ulp if max_ulp is not None else tol.tolerance(tol.ATTENTION_OUTPUT_MAX_ULP, a.dtype)
-        finite = np.abs(e64[np.isfinite(e64)])
-        ref = scale if scale is not None else (float(finite.max()) if finite.size else 0.0)
+        ref = _output_scale(e64) if scale is None else float(scale)
         allowed = bound * tol.eps(a.dtype) * ref
-        kind = f"more than {bound} * eps * {ref:g} apart"
+        kind = f"more than {bound:g} * eps * {ref:g} apart"
     excess = np.where(np.isnan(e64), -np.inf, np.abs(a64 - e64) - allowed)
     bad = excess > 0
     if bad.any():
-        raise AssertionError(_worst(kind, bad, excess, a, e, None).report("output"))
+        _raise("output", _worst(kind, bad, excess, a, e, mask, weights=False))

@@ -1,0 +1,305 @@
+"""check_attention: runs a user's function over the catalogue and generated examples, against the oracle."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import refmask
+from refmask.testing import MASK_KINDS, CheckError, CheckReport, check_attention
+from refmask.testing.cases import ATTENTION_CASES
+from refmask.testing.check import CASE_KINDS
+
+FAST = {"examples": 0, "dtypes": ["float32"]}
+
+
+def oracle_bhtd(q, k, v, mask):
+    return refmask.attention(q, k, v, mask)
+
+
+def oracle_bthd(q, k, v, mask):
+    t = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731
+    return t(refmask.attention(t(q), t(k), t(v), mask))
+
+
+def numpy_attention(q, k, v, mask, policy="zero"):
+    """A plain NumPy kernel (float32 arithmetic for 16-bit inputs) following `policy`."""
+    work = np.float64 if q.dtype == np.float64 else np.float32
+    s = (q.astype(work) @ np.swapaxes(k.astype(work), -1, -2)) * work(1 / np.sqrt(q.shape[-1]))
+    s = np.where(mask, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True, initial=-np.inf)
+    e = np.exp(s - np.where(np.isfinite(m), m, 0))
+    total = e.sum(axis=-1, keepdims=True)
+    w = e / np.where(total > 0, total, 1)
+    empty = ~np.broadcast_to(mask, s.shape).any(axis=-1, keepdims=True)
+    if policy == "uniform":
+        w = np.where(empty, work(1 / max(s.shape[-1], 1)), w)
+    elif policy == "nan":
+        w = np.where(empty, work(np.nan), w)
+    return (w @ v.astype(work)).astype(q.dtype)
+
+
+def test_correct_kernel_passes_and_gets_a_report():
+    report = check_attention(numpy_attention)
+    assert isinstance(report, CheckReport)
+    n_cases = sum(1 for c in ATTENTION_CASES if 0 not in (*c.batch, c.q_len, c.kv_len))
+    assert report.cases == 4 * n_cases
+    assert report.examples == 50
+    assert set(report.worst_output_ulp) == {"float64", "float32", "float16", "bfloat16"}
+    assert all(0 <= e <= 32 for e in report.worst_output_ulp.values())
+    assert report.worst_weights_ulp == {}
+    assert any("zero-length" in s for s in report.skipped)
+    assert "catalogue cases and 50 generated examples agree" in str(report)
+
+
+@pytest.mark.parametrize("policy", ["zero", "uniform", "nan"])
+def test_each_fully_masked_policy(policy):
+    kernel = lambda q, k, v, mask: numpy_attention(q, k, v, mask, policy)  # noqa: E731
+    check_attention(kernel, fully_masked=policy, examples=10)
+    other = "uniform" if policy != "uniform" else "zero"
+    with pytest.raises(AssertionError, match=f"fully_masked='{other}'(.|\n)*its row is fully masked"):
+        check_attention(kernel, fully_masked=other, **FAST)
+
+
+def test_fully_masked_none_never_shows_a_fully_masked_row():
+    def kernel(q, k, v, mask):
+        assert np.broadcast_to(mask, (*q.shape[:-1], k.shape[-2])).any(axis=-1).all()
+        return numpy_attention(q, k, v, mask)
+
+    report = check_attention(kernel, fully_masked=None, dtypes=["float32"], examples=30)
+    assert any("fully-masked rows" in s for s in report.skipped)
+
+
+def test_bthd_layout():
+    seen = []
+
+    def kernel(q, k, v, mask):
+        seen.append((q.shape, k.shape, mask.shape))
+        return oracle_bthd(q, k, v, mask)
+
+    check_attention(kernel, layout="BTHD", **FAST)
+    case = next(c for c in ATTENTION_CASES if c.id == "causal-T<S-bottom_right")  # B=2, H=2, T=3, S=7
+    assert ((2, 3, 2, 8), (2, 7, 2, 8), (1, 1, 3, 7)) in seen, case
+    with pytest.raises(AssertionError, match=r"output shape .* expected .*\(BTHD: B, T, H, Dv\)"):
+        check_attention(lambda q, k, v, mask: np.swapaxes(oracle_bthd(q, k, v, mask), 1, 2), layout="BTHD", **FAST)
+
+
+def test_mask_is_4d_boolean_in_scores_layout_never_none():
+    masks = []
+
+    def kernel(q, k, v, mask):
+        masks.append(mask)
+        return oracle_bhtd(q, k, v, mask)
+
+    check_attention(kernel, examples=20, dtypes=["float32"], zero_length=True)
+    assert all(isinstance(m, np.ndarray) and m.dtype == bool and m.ndim == 4 for m in masks)
+    shapes = {m.shape for m in masks}
+    assert (1, 1, 5, 5) in shapes  # no mask: all True
+    assert (4, 1, 1, 6) in shapes  # key padding stays at its smallest shape
+
+
+def test_mask_kinds_select_cases():
+    report = check_attention(oracle_bhtd, mask_kinds=["causal"], **FAST)
+    expected = [
+        c for c in ATTENTION_CASES if CASE_KINDS[c.id] == ("causal",) and 0 not in (*c.batch, c.q_len, c.kv_len)
+    ]
+    assert report.cases == len(expected)
+    report = check_attention(oracle_bhtd, mask_kinds=["causal", "padding"], **FAST)
+    assert report.cases == len(expected) + sum(
+        1 for c in ATTENTION_CASES if set(CASE_KINDS[c.id]) <= {"causal", "padding"} and "padding" in CASE_KINDS[c.id]
+    )
+    assert set(CASE_KINDS) == {c.id for c in ATTENTION_CASES}, "a catalogue case has no kinds in CASE_KINDS"
+    assert {k for kinds in CASE_KINDS.values() for k in kinds} == set(MASK_KINDS)
+
+
+def test_generated_examples_use_only_selected_kinds():
+    def kernel(q, k, v, mask):
+        # Key padding only: every query row of a (B, 1, 1, S) mask, T axis of 1.
+        assert mask.shape[1:3] == (1, 1), mask.shape
+        return oracle_bhtd(q, k, v, mask)
+
+    assert check_attention(kernel, mask_kinds="padding", dtypes=["float32"], examples=25).examples == 25
+
+
+def test_grouped_query():
+    heads = []
+
+    def kernel(q, k, v, mask):
+        heads.append((q.shape[1], k.shape[1]))
+        return oracle_bhtd(q, k, v, mask)
+
+    check_attention(kernel, **FAST)
+    assert all(h == hkv for h, hkv in heads)
+    heads.clear()
+    check_attention(kernel, grouped_query=True, dtypes=["float32"], examples=20)
+    assert any(h != hkv for h, hkv in heads)
+
+
+def test_weights_fn_is_checked():
+    def weights(q, k, mask):
+        return refmask.attention_weights(q, k, mask)
+
+    report = check_attention(oracle_bhtd, weights_fn=weights, dtypes=["float32", "float16"], examples=5)
+    assert set(report.worst_weights_ulp) == {"float32", "float16"}
+
+    def transposed_mask_weights(q, k, mask):
+        return refmask.attention_weights(q, k, np.swapaxes(mask, -1, -2))
+
+    with pytest.raises(AssertionError, match=r"`test_weights_fn_is_checked.<locals>.transposed_mask_weights` "
+                                             r"disagrees(.|\n)*weights: \d+ of \d+ entries differ"):
+        check_attention(oracle_bhtd, weights_fn=transposed_mask_weights, **FAST)
+
+
+def test_failure_names_case_dtype_policy_then_the_assert_report():
+    def ignores_mask(q, k, v, mask):
+        return refmask.attention(q, k, v)
+
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(ignores_mask, dtypes=["float16"], examples=0)
+    message = str(excinfo.value)
+    lines = message.splitlines()
+    assert lines[0] == "check_attention: `test_failure_names_case_dtype_policy_then_the_assert_report.<locals>." \
+                       "ignores_mask` disagrees with the oracle:"
+    assert lines[1] == (
+        '  input: catalogue case "causal-T=S", dtype float16, fully_masked=\'zero\', layout BHTD, backend numpy'
+    )
+    assert "mask (1, 1, 6, 6)" in lines[2]
+    assert "  mask[batch=0, head=0] (rows = queries, columns = keys, 1 = attend):" in message
+    assert "    1 1 0 0 0 0" in message
+    assert "output: " in message and "worst at (batch=" in message and "ULP apart" in message
+
+
+def test_exception_in_fn_is_reported_with_the_input():
+    def broken(q, k, v, mask):
+        raise RuntimeError("kaboom")
+
+    with pytest.raises(AssertionError, match=r'failed to run(.|\n)*catalogue case "no-mask"(.|\n)*'
+                                             r"it raised RuntimeError: kaboom") as excinfo:
+        check_attention(broken, **FAST)
+    assert isinstance(excinfo.value.__cause__, RuntimeError)
+
+
+def test_wrong_output_dtype_is_reported():
+    def upcasts(q, k, v, mask):
+        return oracle_bhtd(q, k, v, mask).astype(np.float32)
+
+    with pytest.raises(AssertionError, match="output: dtype float32 differs from the expected float16"):
+        check_attention(upcasts, dtypes=["float16"], examples=0)
+
+
+def test_generated_examples_find_what_the_catalogue_misses():
+    def wrong_for_two_keys(q, k, v, mask):
+        out = oracle_bhtd(q, k, v, mask)
+        return out + 1 if k.shape[-2] == 2 else out  # no catalogue case has S = 2
+
+    check_attention(wrong_for_two_keys, examples=0, dtypes=["float32"])
+    with pytest.raises(AssertionError) as excinfo:
+        check_attention(wrong_for_two_keys, dtypes=["float32"], examples=50)
+    message = str(excinfo.value)
+    assert "input: generated example" in message
+    assert " S=2 " in message
+    assert "  values: q=[[[[" in message  # small integers, shrunk towards 0
+    # Shrunk: one batch item, one head, one query.
+    assert "B=1 H=1 H_kv=1 T=1 S=2" in message
+
+
+def test_zero_length_cases_run_when_asked():
+    report = check_attention(oracle_bhtd, zero_length=True, **FAST)
+    assert not any("zero-length" in s for s in report.skipped)
+    assert report.cases == len(ATTENTION_CASES)
+
+
+def test_arguments_are_validated():
+    with pytest.raises(ValueError, match="layout must be one of 'BHTD', 'BTHD'"):
+        check_attention(oracle_bhtd, layout="BSHD")
+    with pytest.raises(ValueError, match="mask_kinds must name some of"):
+        check_attention(oracle_bhtd, mask_kinds=["diagonal"])
+    with pytest.raises(ValueError, match="dtypes must name some of"):
+        check_attention(oracle_bhtd, dtypes=["int8"])
+    with pytest.raises(ValueError, match="fully_masked must be one of"):
+        check_attention(oracle_bhtd, fully_masked="ignore")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        check_attention(oracle_bhtd, backend="tensorflow")
+    with pytest.raises(ValueError, match="examples must be an int >= 0"):
+        check_attention(oracle_bhtd, examples=-1)
+    with pytest.raises(TypeError, match="fn must be callable"):
+        check_attention(None)
+
+
+def test_examples_zero_does_not_import_hypothesis():
+    code = (
+        "import sys, refmask\n"
+        "from refmask.testing import check_attention\n"
+        "assert 'hypothesis' not in sys.modules\n"
+        "check_attention(lambda q, k, v, m: refmask.attention(q, k, v, m), examples=0, dtypes=['float32'])\n"
+        "assert 'hypothesis' not in sys.modules, 'check_attention(examples=0) imported hypothesis'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _framework(name: str) -> None:
+    pytest.importorskip(name)
+    if importlib.util.find_spec(f"refmask.backends.{name}") is None:
+        pytest.skip(f"refmask has no {name} backend yet")
+
+
+@pytest.mark.parametrize("name", ["jax", "torch"])
+def test_framework_backend(name):
+    _framework(name)
+    types = set()
+
+    def kernel(q, k, v, mask):
+        types.add(type(q).__module__.split(".")[0])
+        return refmask.attention(q, k, v, mask, backend=name)
+
+    # Eager jax compiles each new shape: keep this small.
+    check_attention(kernel, backend=name, examples=2, dtypes=["bfloat16"], mask_kinds=["padding"])
+    assert types == {"jaxlib" if name == "jax" else "torch"} or types == {name}
+    report = check_attention(kernel, backend=name, examples=0, mask_kinds=["none"])
+    if name == "jax":
+        import jax
+
+        assert ("float64" in report.worst_output_ulp) == bool(jax.config.jax_enable_x64)
+    else:
+        assert "float64" in report.worst_output_ulp
+
+
+def test_diagnosis_reads_the_weights_with_v_identity():
+    def inverted_mask(q, k, v, mask):
+        return refmask.attention(q, k, v, ~mask)
+
+    with pytest.raises(AssertionError) as excinfo:
+        check_attention(inverted_mask, mask_kinds=["causal"], **FAST)
+    message = str(excinfo.value)
+    output_report, diagnosis = message.split("diagnosis: fn's weights, read as its output for v = identity")
+    assert "output: " in output_report
+    assert "weights: " in diagnosis and "is the mask inverted (True = attend)" in diagnosis
+
+
+def test_no_diagnosis_when_fn_cannot_take_v_identity():
+    def fixed_value_dim(q, k, v, mask):
+        assert v.shape[-1] == 4, "this kernel only does Dv = 4"
+        return refmask.attention(q, k, v, ~mask)
+
+    with pytest.raises(AssertionError) as excinfo:
+        check_attention(fixed_value_dim, mask_kinds=["causal"], **FAST)
+    assert "output: " in str(excinfo.value) and "diagnosis:" not in str(excinfo.value)
+
+
+def test_failure_shows_the_policy_as_passed():
+    with pytest.raises(AssertionError, match="fully_masked=None, layout BHTD"):
+        check_attention(lambda q, k, v, mask: refmask.attention(q, k, v), fully_masked=None, **FAST)
+
+
+def test_fn_may_work_in_place():
+    def in_place(q, k, v, mask):
+        out = refmask.attention(q, k, v, mask)
+        q *= 0
+        mask &= False
+        return out
+
+    check_attention(in_place, **FAST)
