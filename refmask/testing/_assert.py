@@ -43,7 +43,11 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         i = np.ascontiguousarray(x).view(ints).astype(np.int64)
         return np.where(i < 0, lowest - i, i)
 
-    distance = np.abs(ordered(a).astype(np.float64) - ordered(b).astype(np.float64))
+    oa, ob = ordered(a), ordered(b)
+    # Subtract as integers (a float64 conversion first would round float64 bit patterns); in uint64
+    # because the distance between extremes of opposite sign exceeds int64's range.
+    hi, lo = np.maximum(oa, ob).astype(np.uint64), np.minimum(oa, ob).astype(np.uint64)
+    distance = (hi - lo).astype(np.float64)
     return np.where(np.isnan(a.astype(np.float64)) | np.isnan(b.astype(np.float64)), np.nan, distance)
 
 
@@ -254,6 +258,7 @@ def assert_weights_close(
     atol: float | None = None,
     mask: Any = None,
     table: dict[str, int] | None = None,
+    scores: Any = None,
 ) -> None:
     """Assert attention weights (or a masked softmax) equal the oracle's.
 
@@ -264,6 +269,9 @@ def assert_weights_close(
       `expected`.
     dtype: the dtype actual must have (default: expected's).
     max_ulp: default tolerances.ATTENTION_WEIGHTS_MAX_ULP[dtype] (or `table`[dtype]).
+    scores: the scores a masked softmax was computed from; when given (and max_ulp is not), each
+      entry's bound is tolerances.softmax_max_ulp(dtype, scores, mask), which accounts for the
+      rounding of x - max that exp amplifies in any implementation working in float32 or float64.
     rtol, atol: when given, replace the ULP test by |actual - expected| <= atol + rtol * |expected|.
     mask: the boolean mask (True = attend, broadcastable to the weights); lets the report say
       whether the worst entry is masked and its row fully masked.
@@ -280,10 +288,16 @@ def assert_weights_close(
         bad = excess > 0
         kind = f"beyond atol={atol} rtol={rtol}"
     else:
-        bound = max_ulp if max_ulp is not None else tol.tolerance(table or tol.ATTENTION_WEIGHTS_MAX_ULP, a.dtype)
-        excess = ulp_distance(a, e)
-        bad = excess > bound
-        kind = f"more than {bound:g} ULP apart"
+        if max_ulp is None and scores is not None:
+            bound = tol.softmax_max_ulp(a.dtype, scores, mask)
+            excess = ulp_distance(a, e) - bound
+            bad = excess > 0
+            kind = "more ULP apart than tolerances.softmax_max_ulp allows for these scores"
+        else:
+            bound = max_ulp if max_ulp is not None else tol.tolerance(table or tol.ATTENTION_WEIGHTS_MAX_ULP, a.dtype)
+            excess = ulp_distance(a, e)
+            bad = excess > bound
+            kind = f"more than {bound:g} ULP apart"
     if bad.any():
         _raise("weights", _worst(kind, bad, excess, a, e, mask, weights=True))
 

@@ -51,3 +51,31 @@ def tolerance(table: dict[str, int], dtype: Any) -> int:
     if name not in table:
         raise ValueError(f"no tolerance for dtype {name}; refmask compares {', '.join(table)}")
     return table[name]
+
+
+# Which precision a backend computes a dtype's softmax in: the input's, or float32 for half types.
+COMPUTE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+
+
+def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
+    """Per-entry ULP bound for weights computed from `scores` in COMPUTE_DTYPE arithmetic.
+
+    SOFTMAX_MAX_ULP[dtype] + |x - m| * eps(compute) / eps(dtype), m the row's largest kept score.
+    Why: every softmax rounds d = x - m to the compute precision, an absolute error of up to
+    |d| * eps(compute) / 2, and exp turns it into a relative error of the same size, which is up to
+    |d| * eps(compute) / eps(dtype) ULP of the result. So no float32 implementation, the plain
+    `softmax(masked_fill(-inf))` included, is within a flat 4 ULP of the correctly rounded weights
+    once scores spread over more than a few units. For float16/bfloat16 computed in float32 the
+    term is negligible and the bound is SOFTMAX_MAX_ULP alone.
+    """
+    from .._backends import to_numpy
+
+    name = dtype_name(dtype)
+    x = np.asarray(to_numpy(scores)).astype(np.float64)
+    keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(to_numpy(mask)), x.shape)
+    kept = np.where(keep, x, -np.inf)
+    with np.errstate(invalid="ignore"):
+        m = np.max(kept, axis=-1, keepdims=True, initial=-np.inf)
+        spread = np.where(keep & np.isfinite(x) & np.isfinite(m), np.abs(x - m), 0.0)
+    growth = eps(COMPUTE_DTYPE[name]) / eps(name)
+    return tolerance(SOFTMAX_MAX_ULP, name) + growth * spread
