@@ -22,14 +22,24 @@ _FRAMEWORK = {"numpy": "numpy", "jax": "jax", "torch": "torch"}
 BACKENDS = tuple(_MODULES)
 
 
+# Loaded backend modules. Besides saving the import machinery on every call, the plain dict lookup
+# lets torch.compile(fullgraph=True) and jax tracing go through the public API (neither traces
+# importlib).
+_LOADED: dict[str, ModuleType] = {}
+
+
 def get_backend(name: str) -> ModuleType:
     """The backend module called `name`; a clear error if unknown or its framework is missing."""
+    loaded = _LOADED.get(name)
+    if loaded is not None:
+        return loaded
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or None; got {name!r}")
     framework = _FRAMEWORK[name]
     if framework not in sys.modules and importlib.util.find_spec(framework) is None:
         raise ImportError(f'backend "{name}" needs {framework}, which is not installed: pip install "refmask[{name}]"')
-    return importlib.import_module(_MODULES[name])
+    _LOADED[name] = importlib.import_module(_MODULES[name])
+    return _LOADED[name]
 
 
 def array_backend(x: Any) -> str:

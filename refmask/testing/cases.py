@@ -90,6 +90,12 @@ MASK_CALLS: tuple[MaskCall, ...] = (
         (oracle.to_additive(_CAUSAL_4x6, "float32", fill=-1e9),),
         {"threshold": -1e9},
     ),
+    MaskCall(
+        "from-additive-threshold-rounded-to-bfloat16",  # -1e4 is -9984 in bfloat16
+        "from_additive",
+        (oracle.to_additive(_CAUSAL_4x6, "bfloat16", fill=-1e4),),
+        {"threshold": -1e4},
+    ),
     MaskCall("from-torch-mha-bool", "from_torch_mha", (~_CAUSAL_4x6, ~_VALID)),
     MaskCall(
         "from-torch-mha-3d",
