@@ -1,0 +1,635 @@
+"""The JAX backend: refmask's public API in idiomatic jax.numpy, jit-compiled, checked against the oracle.
+
+An independent implementation (it never calls refmask.oracle): the oracle's docstrings are the
+definitions, refmask/_validate.py makes its argument errors identical to every other backend's.
+
+- Inputs may be jax arrays (traced or not), NumPy arrays, lists or numbers; results are jax arrays.
+- Static (Python) values: mask sizes, align, side, window, chunk_size, offset, pad_id, fully_masked,
+  axis, is_causal, return_weights. Shapes and dtypes are always checked.
+- Value-dependent checks (lengths in range, from_hf values 0/1, NaN in a bias, non-mask values in a
+  torch float mask) run only on concrete values; under jax.jit/vmap/grad tracing they are skipped,
+  because the values do not exist yet.
+- masked_softmax, attention_weights and attention call module-level jax.jit entry points, so an eager
+  call in a loop compiles once per shape/dtype/static argument, never per call; under a user's jax.jit
+  they are inlined.
+- float16/bfloat16: scores, softmax and the weights-value product run in float32, the result is rounded
+  once to the input dtype. float32 matmuls run at Precision.HIGHEST (no TF32/bf16 passes on GPU/TPU):
+  this is the reference, accuracy first.
+- Gradients: the softmax core has a custom JVP, w * (dx - sum(w * dx)) with w zeroed where masked and on
+  fully-masked rows, so masked positions get exactly 0 and fully-masked rows a finite 0 gradient under
+  every policy (no NaN from differentiating through a where over -inf).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import numbers
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from .. import _validate as check
+
+_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
+_LOW_PRECISION = ("float16", "bfloat16")
+
+# How many times each jitted entry point has been traced (Python side effect of tracing; tests read it).
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+# ----------------------------------------------------------------------------------------------
+# conversions and argument checks
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy array (bfloat16 as ml_dtypes.bfloat16) from a jax array."""
+    return np.asarray(x)
+
+
+def from_numpy(x: Any) -> jax.Array:
+    """The NumPy array x as a jax array of the same dtype (float64 needs jax_enable_x64)."""
+    return jnp.asarray(x)
+
+
+def _asarray(x: Any) -> jax.Array:
+    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+
+def _is_concrete(x: Any) -> bool:
+    """True when x's values are known now (not a tracer inside jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def _floating(name: str, x: Any) -> jax.Array:
+    x = _asarray(x)
+    check.float_dtype(name, _dtype_name(x.dtype), _dtype_name(x.dtype) in _FLOAT_NAMES)
+    return x
+
+
+def _bool_mask(name: str, mask: Any) -> jax.Array:
+    mask = _asarray(mask)
+    check.bool_mask(name, _dtype_name(mask.dtype), mask.dtype == jnp.bool_)
+    return mask
+
+
+def _integers(name: str, x: Any) -> jax.Array:
+    x = _asarray(x)
+    check.integer_dtype(name, _dtype_name(x.dtype), jnp.issubdtype(x.dtype, jnp.integer))
+    return x
+
+
+def _as_dtype(dtype: Any) -> np.dtype:
+    """A floating dtype from a name, NumPy dtype or jnp scalar type."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        return np.dtype(jnp.bfloat16)
+    try:
+        out = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be a floating dtype or its name; got {dtype!r}") from err
+    check.float_dtype("dtype", out.name, out.name in _FLOAT_NAMES)
+    return out
+
+
+def _compute_dtype(dtype: Any) -> Any:
+    """float16/bfloat16 accumulate in float32; float32 and float64 compute in themselves."""
+    return jnp.float32 if _dtype_name(dtype) in _LOW_PRECISION else dtype
+
+
+def _compensate(dtype: Any) -> bool:
+    """Whether the softmax compensates the rounding of x - max (float32 inputs; see _exp_shifted)."""
+    return _dtype_name(dtype) == "float32"
+
+
+def _place(x: Any, device: Any) -> Any:
+    """Put x on `device` (a jax Device or Sharding, or a platform name like "cpu"/"gpu")."""
+    if device is None:
+        return x
+    if isinstance(device, str):
+        device = jax.devices(device)[0]
+    return jax.device_put(x, device)
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, value))
+
+
+# ----------------------------------------------------------------------------------------------
+# masks from positions
+#
+# Query positions i (a (T, 1) iota) and key positions j (a (1, S) iota) are compared through
+# their difference or quotient with Python-side shifts clamped to the range where the comparison
+# can still change, so huge offsets never overflow int32 and the result is bit-identical.
+
+
+def _iotas(t: int, s: int) -> tuple[jax.Array, jax.Array]:
+    i = lax.broadcasted_iota(jnp.int32, (t, 1), 0)
+    j = lax.broadcasted_iota(jnp.int32, (1, s), 1)
+    return i, j
+
+
+def _diagonal_shift(q_len: int, kv_len: int, align: str, offset: int) -> int:
+    shift = check.align_shift(align, q_len, kv_len)
+    return check.integer("offset", offset) + shift
+
+
+def causal_mask(
+    q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0, device: Any = None
+) -> jax.Array:
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    d = _diagonal_shift(t, s, align, offset)
+    i, j = _iotas(t, s)
+    # keep iff j - i <= d; j - i lies in [-(T-1), S-1].
+    return _place(j - i <= _clamp(d, -t - 1, s + 1), device)
+
+
+def sliding_window_mask(
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    window: int | tuple[int, int],
+    align: str = "top_left",
+    offset: int = 0,
+    device: Any = None,
+) -> jax.Array:
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    left, right = check.window(window)
+    d = _diagonal_shift(t, s, align, offset)
+    i, j = _iotas(t, s)
+    diff = j - i
+    lo, hi = _clamp(d - left, -t - 1, s + 1), _clamp(d + right, -t - 1, s + 1)
+    return _place((lo <= diff) & (diff <= hi), device)
+
+
+def chunked_mask(
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    chunk_size: int,
+    align: str = "top_left",
+    offset: int = 0,
+    device: Any = None,
+) -> jax.Array:
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    c = check.integer("chunk_size", chunk_size, minimum=1)
+    d = _diagonal_shift(t, s, align, offset)
+    i, j = _iotas(t, s)
+    # floor((i + d) / c) = q + floor((i + r) / c) with d = q*c + r, 0 <= r < c.
+    q, r = divmod(d, c)
+    if c >= max(t, s):
+        # Every key is in chunk 0 and floor((i + r) / c) is 0 or 1 (i + r < 2c): keep iff it is -q.
+        crossed = i >= min(c - r, t)
+        keep = (~crossed if q == 0 else crossed if q == -1 else jnp.zeros_like(crossed)) & (j >= 0)
+    else:
+        q = _clamp(q, -((t - 1 + r) // c) - 1, (s - 1) // c + 1)
+        keep = (i + r) // c == j // c - q
+    return _place(keep, device)
+
+
+# ----------------------------------------------------------------------------------------------
+# masks from data
+
+
+def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any = None) -> jax.Array:
+    max_len = check.integer("max_len", max_len, minimum=0)
+    check.choice("side", side, check.SIDES)
+    lengths = _integers("lengths", lengths)
+    if lengths.size and _is_concrete(lengths):
+        check.lengths_in_range("lengths", int(jnp.min(lengths)), int(jnp.max(lengths)), max_len)
+    position = jnp.arange(max_len, dtype=lengths.dtype)
+    if side == "right":
+        keep = position < lengths[..., None]
+    else:
+        keep = position >= max_len - lengths[..., None]
+    return _place(keep, device)
+
+
+def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> jax.Array:
+    ids = _integers("ids", ids)
+    pad_id = check.integer("pad_id", pad_id)
+    return _place(ids != pad_id, device)
+
+
+def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = None) -> jax.Array:
+    kv_valid = _bool_mask("kv_valid", kv_valid)
+    check.ndim("kv_valid", kv_valid.shape, 2, "(B, S)")
+    keep = kv_valid[:, None, None, :]
+    if q_valid is not None:
+        q_valid = _bool_mask("q_valid", q_valid)
+        check.ndim("q_valid", q_valid.shape, 2, "(B, T)")
+        check.same_batch("q_valid", q_valid.shape, "kv_valid", kv_valid.shape)
+        keep = q_valid[:, None, :, None] & keep
+    return _place(keep, device)
+
+
+def segment_mask(
+    q_segment_ids: Any, kv_segment_ids: Any = None, *, pad_id: int | None = None, device: Any = None
+) -> jax.Array:
+    q_seg = _integers("q_segment_ids", q_segment_ids)
+    kv_seg = q_seg if kv_segment_ids is None else _integers("kv_segment_ids", kv_segment_ids)
+    check.ndim("q_segment_ids", q_seg.shape, 2, "(B, T)")
+    check.ndim("kv_segment_ids", kv_seg.shape, 2, "(B, S)")
+    check.same_batch("q_segment_ids", q_seg.shape, "kv_segment_ids", kv_seg.shape)
+    keep = q_seg[:, None, :, None] == kv_seg[:, None, None, :]
+    if pad_id is not None:
+        pad_id = check.integer("pad_id", pad_id)
+        keep = keep & (q_seg != pad_id)[:, None, :, None] & (kv_seg != pad_id)[:, None, None, :]
+    return _place(keep, device)
+
+
+def prefix_lm_mask(
+    prefix_lengths: Any,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    device: Any = None,
+) -> jax.Array:
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    prefix = _integers("prefix_lengths", prefix_lengths)
+    check.ndim("prefix_lengths", prefix.shape, 1, "(B,)")
+    if prefix.size and _is_concrete(prefix):
+        check.lengths_in_range("prefix_lengths", int(jnp.min(prefix)), int(jnp.max(prefix)), s)
+    d = _diagonal_shift(t, s, align, 0)
+    i, j = _iotas(t, s)
+    in_prefix = j[None, None] < prefix[:, None, None, None]
+    causal = (j - i <= _clamp(d, -t - 1, s + 1))[None, None]
+    return _place(in_prefix | causal, device)
+
+
+def _combine(op: Any, masks: tuple[Any, ...]) -> jax.Array | None:
+    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
+    if not present:
+        return None
+    return functools.reduce(op, present)
+
+
+def and_masks(*masks: Any) -> jax.Array | None:
+    return _combine(jnp.logical_and, masks)
+
+
+def or_masks(*masks: Any) -> jax.Array | None:
+    return _combine(jnp.logical_or, masks)
+
+
+# ----------------------------------------------------------------------------------------------
+# converters between conventions
+
+
+def _finfo(dtype: Any) -> Any:
+    return jnp.finfo(dtype)
+
+
+def _fill_value(fill: Any, dtype: np.dtype) -> Any:
+    """finfo(dtype).min, -inf, or a negative number that stays finite in dtype (same errors as the oracle)."""
+    if isinstance(fill, str):
+        check.choice("fill", fill, check.FILLS)
+        return _finfo(dtype).min if fill == "min" else -np.inf
+    if isinstance(fill, bool) or not isinstance(fill, int | float | np.number):
+        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
+    if not fill < 0:
+        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
+    with np.errstate(over="ignore"):
+        rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
+    if not np.isfinite(rounded):
+        raise ValueError(
+            f"fill={fill!r} overflows to -inf in {_dtype_name(dtype)} (its most negative finite value is "
+            f'{_finfo(dtype).min}); use fill="min" or fill="-inf" to mean that'
+        )
+    return fill
+
+
+def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min") -> jax.Array:
+    mask = _bool_mask("mask", mask)
+    dtype = _as_dtype(dtype)
+    fill_value = np.asarray(_fill_value(fill, dtype), dtype=np.float64).astype(dtype)
+    return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(fill_value, dtype))
+
+
+def from_additive(bias: Any, *, threshold: Any = "min") -> jax.Array:
+    bias = _floating("bias", bias)
+    if _is_concrete(bias) and bool(jnp.isnan(bias).any()):
+        raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
+    if isinstance(threshold, str):
+        check.choice("threshold", threshold, ("min",))
+        limit = _finfo(bias.dtype).min
+    else:
+        limit = threshold
+    return bias > limit
+
+
+def _mha_keep(name: str, m: Any, threshold: Any) -> jax.Array:
+    """torch MHA masks: bool True = masked; float = additive bias that may only hold 0 or masking values."""
+    m = _asarray(m)
+    if m.dtype == jnp.bool_:
+        return ~m
+    if _dtype_name(m.dtype) not in _FLOAT_NAMES:
+        raise TypeError(f"{name} must be bool (True = masked) or a float additive mask; got dtype {m.dtype}")
+    keep = from_additive(m, threshold=threshold)
+    if _is_concrete(m) and bool(jnp.any(jnp.where(keep, m, 0) != 0)):
+        raise ValueError(
+            f"{name} holds additive values other than 0 and masking values: that is a bias, not a "
+            "mask; pass it as attention(..., bias=...)"
+        )
+    return keep
+
+
+def from_torch_mha(
+    attn_mask: Any = None, key_padding_mask: Any = None, *, num_heads: int | None = None, threshold: Any = "min"
+) -> jax.Array | None:
+    keep = None
+    if attn_mask is not None:
+        keep = _mha_keep("attn_mask", attn_mask, threshold)
+        if keep.ndim == 3:
+            if num_heads is None:
+                raise ValueError(
+                    f"attn_mask of shape {keep.shape} is (N*num_heads, T, S): pass num_heads= to split it"
+                )
+            heads = check.integer("num_heads", num_heads, minimum=1)
+            if keep.shape[0] % heads:
+                raise ValueError(
+                    f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
+                )
+            keep = keep.reshape(-1, heads, *keep.shape[1:])
+        elif keep.ndim != 2:
+            raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {keep.shape}")
+    if key_padding_mask is not None:
+        kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
+        if kp.ndim == 1:
+            kp = kp[None, :]
+        elif kp.ndim == 2:
+            kp = kp[:, None, None, :]
+        else:
+            raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {kp.shape}")
+        keep = kp if keep is None else keep & kp
+    return keep
+
+
+def to_torch_mha(
+    mask: Any, *, num_heads: int | None = None, q_len: int | None = None
+) -> tuple[jax.Array | None, jax.Array | None]:
+    keep = _bool_mask("mask", mask)
+    if keep.ndim == 2:
+        if q_len is not None:
+            keep = jnp.broadcast_to(keep, (check.integer("q_len", q_len, minimum=0), keep.shape[1]))
+        return ~keep, None
+    if keep.ndim == 4 and keep.shape[1] == 1 and keep.shape[2] == 1 and q_len is None:
+        return None, ~keep[:, 0, 0, :]
+    if keep.ndim != 4:
+        raise ValueError(f"mask must have shape (T, S) or (B, H, T, S); got {keep.shape}")
+    if num_heads is None:
+        raise ValueError(f"a mask of shape {keep.shape} becomes a (B*num_heads, T, S) attn_mask: pass num_heads=")
+    heads = check.integer("num_heads", num_heads, minimum=1)
+    t = keep.shape[2] if q_len is None else check.integer("q_len", q_len, minimum=0)
+    b, _, _, s = keep.shape
+    check.broadcasts_to("mask", keep.shape, (b, heads, t, s))
+    return ~jnp.broadcast_to(keep, (b, heads, t, s)).reshape(b * heads, t, s), None
+
+
+def from_hf(attention_mask: Any) -> jax.Array:
+    m = _asarray(attention_mask)
+    check.ndim("attention_mask", m.shape, 2, "(B, S)")
+    if m.dtype != jnp.bool_:
+        name = _dtype_name(m.dtype)
+        if not (jnp.issubdtype(m.dtype, jnp.integer) or name in ("float16", "float32", "float64")):
+            raise TypeError(f"attention_mask must hold 0/1 numbers or bools; got dtype {m.dtype}")
+        if _is_concrete(m):
+            bad = ~((m == 0) | (m == 1))
+            if bool(bad.any()):
+                first = np.asarray(m)[np.asarray(bad)].ravel()[0]
+                raise ValueError(
+                    f"attention_mask must hold only 1 (attend) and 0 (padding); got {first!r}"
+                )
+    return (m == 1)[:, None, None, :]
+
+
+# ----------------------------------------------------------------------------------------------
+# masked softmax
+
+
+def _normalize_axis(axis: int, ndim: int) -> int:
+    """axis as a negative index, so it names the same axis of a mask with fewer dimensions."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int; got {type(axis).__name__} {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for scores with {ndim} dimensions")
+    return int(axis) - ndim if axis >= 0 else int(axis)
+
+
+def _any_kept(keep: jax.Array, axis: int) -> jax.Array:
+    """Whether each row (along negative `axis`) keeps anything, reduced at the mask's own (small) shape.
+
+    A mask axis of size 1 (or missing) broadcasts along the row, so the row keeps something iff that
+    entry does (rows of length 0 have no entries for the answer to matter to).
+    """
+    if keep.ndim < -axis or keep.shape[axis] == 1:
+        return keep
+    return jnp.any(keep, axis=axis, keepdims=True)
+
+
+def _exp_shifted(x: jax.Array, m: jax.Array, compensate: bool) -> jax.Array:
+    """exp(x - m); with compensate=True, with the rounding error of x - m compensated.
+
+    fl(x - m) is off by up to |x - m| * eps / 2, which exp turns into a relative error of the same
+    size: |x - m| / 2 ULP of the weight (16 ULP for float32 scores 32 apart; jax.nn.softmax shows
+    exactly that). TwoSum recovers the exact error `err` of the subtraction, and
+    exp(d + err) = exp(d) + exp(d) * err to first order, so float32 weights stay within a few ULP of
+    the correctly rounded ones whatever the spread of the scores.
+
+    Entries more than 128 below the max (masked ones included, which hold -inf) are first raised to
+    m - 128: exp(-128) is exactly 0 in float32 all the same, and err stays finite, so no select is
+    needed and XLA keeps the whole softmax in one fusion. Rows whose max is not finite come out NaN
+    (kept NaN/+inf, all kept -inf) or are replaced afterwards (fully masked), as without it.
+
+    Used for float32 inputs only: float64 keeps the plain form (the oracle's own arithmetic), and
+    float16/bfloat16 inputs, computed in float32, have ULPs far above this error.
+    """
+    if not compensate:
+        return jnp.exp(x - m)
+    x = jnp.maximum(x, m - 128.0)
+    d = x - m
+    neg_m = -m
+    x_back = d - neg_m
+    err = (x - x_back) + (neg_m - (d - x_back))
+    e = jnp.exp(d)
+    return e + e * err
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+def _softmax_core(
+    x: jax.Array, keep: jax.Array | None, axis: int, fully_masked: str, compensate: bool
+) -> jax.Array:
+    """The hot path, in x's (compute) dtype: where, max, exp, sum, divide, and a row-level where.
+
+    Masked scores become -inf before anything reads them, so they can hold NaN or +inf. A row with
+    nothing kept has max -inf and computes NaN; the last where replaces it by the policy's value.
+    A kept NaN/+inf, or kept scores all -inf, give NaN by IEEE arithmetic, as the oracle says.
+    """
+    n = x.shape[axis]
+    kept = x if keep is None else jnp.where(keep, x, -jnp.inf)
+    m = lax.stop_gradient(jnp.max(kept, axis=axis, keepdims=True, initial=-jnp.inf if n == 0 else None))
+    e = _exp_shifted(kept, m, compensate)
+    w = e / jnp.sum(e, axis=axis, keepdims=True)
+    if keep is None:
+        return w
+    fill = {"zero": 0.0, "uniform": 1.0 / max(n, 1), "nan": jnp.nan}[fully_masked]
+    return jnp.where(_any_kept(keep, axis), w, jnp.asarray(fill, w.dtype))
+
+
+@_softmax_core.defjvp
+def _softmax_core_jvp(axis, fully_masked, compensate, primals, tangents):
+    x, keep = primals
+    x_dot, _ = tangents
+    w = _softmax_core(x, keep, axis, fully_masked, compensate)
+    # Weights that depend on x: zero at masked entries and on fully-masked rows (whose value is a
+    # constant of the policy), so those get exactly 0 gradient, finite under every policy.
+    wk = w if keep is None or fully_masked == "zero" else jnp.where(keep, w, jnp.zeros((), w.dtype))
+    return w, wk * (x_dot - jnp.sum(wk * x_dot, axis=axis, keepdims=True))
+
+
+def _masked_softmax_impl(scores: jax.Array, mask: jax.Array | None, *, axis: int, fully_masked: str) -> jax.Array:
+    TRACE_COUNTS["masked_softmax"] += 1
+    x = scores.astype(_compute_dtype(scores.dtype))
+    return _softmax_core(x, mask, axis, fully_masked, _compensate(scores.dtype)).astype(scores.dtype)
+
+
+_masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "fully_masked"))
+
+
+def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> jax.Array:
+    scores = _floating("scores", scores)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    if mask is not None:
+        mask = _bool_mask("mask", mask)
+        check.broadcasts_to("mask", mask.shape, scores.shape)
+    axis = _normalize_axis(axis, scores.ndim)
+    return _masked_softmax_jit(scores, mask, axis=axis, fully_masked=fully_masked)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention
+
+
+def _default_scale(head_dim: int) -> float:
+    # An empty dot product (D = 0) is 0 whatever the scale; 1.0 keeps it from being 0 * inf.
+    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
+
+
+def _grouped(a: jax.Array, kv_heads: int) -> jax.Array:
+    """(..., H, T, X) -> (..., H_kv, H // H_kv, T, X): query head h = kv head h // G, member h % G."""
+    return a.reshape(*a.shape[:-3], kv_heads, a.shape[-3] // kv_heads, *a.shape[-2:])
+
+
+def _weights(q, k, bias, mask, scale, fully_masked, is_causal):
+    """Compute-dtype weights (..., H, T, S), and the (H_kv, G) grouping used (None without heads)."""
+    cdt = _compute_dtype(q.dtype)
+    hp = lax.Precision.HIGHEST
+    groups = None
+    if q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
+        groups = k.shape[-3]
+        s = jnp.einsum("...hgtd,...hsd->...hgts", _grouped(q, groups), k, precision=hp, preferred_element_type=cdt)
+        s = s.reshape(*q.shape[:-1], k.shape[-2])
+    else:
+        s = jnp.einsum("...td,...sd->...ts", q, k, precision=hp, preferred_element_type=cdt)
+    s = s * scale.astype(cdt)
+    if bias is not None:
+        s = s + bias.astype(cdt)
+    if is_causal:
+        t, n = s.shape[-2], s.shape[-1]
+        causal = causal_mask(t, n)
+        mask = causal if mask is None else mask & causal
+    return _softmax_core(s, mask, -1, fully_masked, _compensate(q.dtype)), groups
+
+
+def _attention_impl(q, k, v, mask, bias, scale, *, fully_masked, is_causal, return_weights):
+    TRACE_COUNTS["attention"] += 1
+    w, groups = _weights(q, k, bias, mask, scale, fully_masked, is_causal)
+    vc = v.astype(w.dtype)
+    hp = lax.Precision.HIGHEST
+    if groups is not None:
+        out = jnp.einsum("...hgts,...hsd->...hgtd", _grouped(w, groups), vc, precision=hp)
+        out = out.reshape(*w.shape[:-1], v.shape[-1])
+    else:
+        out = jnp.einsum("...ts,...sd->...td", w, vc, precision=hp)
+    out = out.astype(q.dtype)
+    return (out, w.astype(q.dtype)) if return_weights else out
+
+
+def _attention_weights_impl(q, k, mask, bias, scale, *, fully_masked):
+    TRACE_COUNTS["attention_weights"] += 1
+    w, _ = _weights(q, k, bias, mask, scale, fully_masked, False)
+    return w.astype(q.dtype)
+
+
+_attention_jit = jax.jit(_attention_impl, static_argnames=("fully_masked", "is_causal", "return_weights"))
+_attention_weights_jit = jax.jit(_attention_weights_impl, static_argnames=("fully_masked",))
+
+
+def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[jax.Array, ...]:
+    arrays = [_floating("q", q), _floating("k", k)] + ([] if v is None else [_floating("v", v)])
+    names = ["q", "k", "v"][: len(arrays)]
+    check.same_dtype(names, [_dtype_name(a.dtype) for a in arrays])
+    return tuple(arrays)
+
+
+def _checked_bias_and_mask(bias: Any, mask: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
+    if bias is not None:
+        bias = _floating("bias", bias)
+        check.broadcasts_to("bias", bias.shape, shape)
+    if mask is not None:
+        mask = _bool_mask("mask", mask)
+        check.broadcasts_to("mask", mask.shape, shape)
+    return bias, mask
+
+
+def _scale(scale: Any, head_dim: int, dtype: Any) -> jax.Array:
+    """A scalar of the compute dtype, passed to jit as data, so a new scale does not recompile."""
+    value = _default_scale(head_dim) if scale is None else scale
+    return jnp.asarray(value, dtype=_compute_dtype(dtype))
+
+
+def attention_weights(
+    q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
+) -> jax.Array:
+    q, k = _attention_inputs(q, k)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    shape = check.attention_shapes(q.shape, k.shape)
+    bias, mask = _checked_bias_and_mask(bias, mask, shape)
+    return _attention_weights_jit(q, k, mask, bias, _scale(scale, q.shape[-1], q.dtype), fully_masked=fully_masked)
+
+
+def attention(
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any = None,
+    *,
+    bias: Any = None,
+    scale: float | None = None,
+    is_causal: bool = False,
+    fully_masked: str = "zero",
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    q, k, v = _attention_inputs(q, k, v)
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    shape = check.attention_shapes(q.shape, k.shape, v.shape)
+    bias, mask = _checked_bias_and_mask(bias, mask, shape)
+    return _attention_jit(
+        q,
+        k,
+        v,
+        mask,
+        bias,
+        _scale(scale, q.shape[-1], q.dtype),
+        fully_masked=fully_masked,
+        is_causal=bool(is_causal),
+        return_weights=bool(return_weights),
+    )
