@@ -7,6 +7,7 @@ the argument, what was received and what was expected.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -171,3 +172,52 @@ def same_dtype(names: Sequence[str], dtype_names: Sequence[str]) -> None:
     if len(set(dtype_names)) > 1:
         got = ", ".join(f"{n}: {d}" for n, d in zip(names, dtype_names))
         raise TypeError(f"{', '.join(names)} must share one floating dtype; got {got}")
+
+
+def additive_fill(fill: object) -> object:
+    """to_additive's fill: "min", "-inf" or a negative number (returned unchanged)."""
+    if isinstance(fill, str):
+        return choice("fill", fill, FILLS)
+    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
+        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
+    if not fill < 0:
+        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
+    return fill
+
+
+def fill_stays_finite(fill: object, rounded: float, dtype_name: str, most_negative: float) -> None:
+    """A numeric fill must not round to -inf in the target dtype (e.g. -1e9 in float16)."""
+    if not math.isfinite(rounded):
+        raise ValueError(
+            f"fill={fill!r} overflows to -inf in {dtype_name} (its most negative finite value is "
+            f'{most_negative}); use fill="min" or fill="-inf" to mean that'
+        )
+
+
+def additive_threshold(threshold: object) -> object:
+    """from_additive's threshold: "min" or a number (returned unchanged)."""
+    if isinstance(threshold, str):
+        return choice("threshold", threshold, ("min",))
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold != threshold:
+        raise TypeError(f'threshold must be "min" or a number (a masking value); got {threshold!r}')
+    return threshold
+
+
+def mha_attn_mask_heads(shape: tuple[int, ...], num_heads: object) -> int | None:
+    """nn.MultiheadAttention's attn_mask: None for (T, S); for (N*H, T, S) the H to split off."""
+    shape = tuple(shape)
+    if len(shape) == 2:
+        return None
+    if len(shape) != 3:
+        raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {shape}")
+    if num_heads is None:
+        raise ValueError(f"attn_mask of shape {shape} is (N*num_heads, T, S): pass num_heads= to split it")
+    heads = integer("num_heads", num_heads, minimum=1)
+    if shape[0] % heads:
+        raise ValueError(f"attn_mask's first axis ({shape[0]}) must be a multiple of num_heads={heads}")
+    return heads
+
+
+def mha_key_padding_mask(shape: tuple[int, ...]) -> None:
+    if len(shape) not in (1, 2):
+        raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {tuple(shape)}")

@@ -25,8 +25,10 @@ from . import _validate as check
 Mask = np.ndarray
 
 # Query rows processed at once by `attention` when weights are not returned: the float64 scores
-# of one block stay near 16 MiB, so peak memory does not grow with T.
-_ATTENTION_BLOCK_ELEMENTS = 1 << 21
+# of one block stay near 32 MiB, so peak memory does not grow with T. Smaller blocks mean more
+# (smaller) BLAS calls, each of which waits for BLAS's threads: on a busy 2-core machine 16 MiB
+# blocks made (4, 8, 1024, 1024, 64) attention 3x slower (docs/benchmarks.md).
+_ATTENTION_BLOCK_ELEMENTS = 1 << 22
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,20 +281,11 @@ def or_masks(*masks: Any) -> Mask | None:
 
 def _fill_value(fill: Any, dtype: np.dtype) -> Any:
     """The masking value to_additive writes: finfo(dtype).min, -inf, or a negative finite number."""
-    if isinstance(fill, str):
-        check.choice("fill", fill, check.FILLS)
+    if isinstance(check.additive_fill(fill), str):
         return _finfo(dtype).min if fill == "min" else -np.inf
-    if isinstance(fill, bool) or not isinstance(fill, int | float | np.number):
-        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
-    if not fill < 0:
-        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
     with np.errstate(over="ignore"):
         rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
-    if not np.isfinite(rounded):
-        raise ValueError(
-            f"fill={fill!r} overflows to -inf in {_dtype_name(dtype)} (its most negative finite value is "
-            f'{_finfo(dtype).min}); use fill="min" or fill="-inf" to mean that'
-        )
+    check.fill_stays_finite(fill, float(rounded), _dtype_name(dtype), _finfo(dtype).min)
     return fill
 
 
@@ -323,12 +316,9 @@ def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
     bias = _floating("bias", bias)
     if np.isnan(bias).any():
         raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
-    if isinstance(threshold, str):
-        check.choice("threshold", threshold, ("min",))
+    if isinstance(check.additive_threshold(threshold), str):
         limit = _finfo(bias.dtype).min
     else:
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or threshold != threshold:
-            raise TypeError(f'threshold must be "min" or a number (a masking value); got {threshold!r}')
         with np.errstate(over="ignore"):
             limit = np.asarray(threshold, dtype=np.float64).astype(bias.dtype)
     return bias > limit
@@ -349,27 +339,13 @@ def from_torch_mha(
     keep = None
     if attn_mask is not None:
         keep = _mha_keep("attn_mask", attn_mask, threshold)
-        if keep.ndim == 3:
-            if num_heads is None:
-                raise ValueError(
-                    f"attn_mask of shape {keep.shape} is (N*num_heads, T, S): pass num_heads= to split it"
-                )
-            heads = check.integer("num_heads", num_heads, minimum=1)
-            if keep.shape[0] % heads:
-                raise ValueError(
-                    f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
-                )
+        heads = check.mha_attn_mask_heads(keep.shape, num_heads)
+        if heads is not None:
             keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
-        elif keep.ndim != 2:
-            raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {keep.shape}")
     if key_padding_mask is not None:
         kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
-        if kp.ndim == 1:
-            kp = kp[None, :]
-        elif kp.ndim == 2:
-            kp = kp[:, None, None, :]
-        else:
-            raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {kp.shape}")
+        check.mha_key_padding_mask(kp.shape)
+        kp = kp[None, :] if kp.ndim == 1 else kp[:, None, None, :]
         keep = kp if keep is None else and_masks(keep, kp)
     return keep
 
@@ -610,8 +586,9 @@ def attention(
     out = np.empty(q.shape[:-1] + (vv.shape[-1],), dtype=q.dtype)
     for start in range(0, t, rows):
         stop = min(start + rows, t)
-        w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop)
-        out[..., start:stop, :] = (w @ vv).astype(q.dtype)
+        # The weights stay unnamed, so they are freed before the next block's are made.
+        block_out = _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop) @ vv
+        out[..., start:stop, :] = block_out.astype(q.dtype)
     return out
 
 

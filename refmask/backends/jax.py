@@ -290,20 +290,11 @@ def _finfo(dtype: Any) -> Any:
 
 def _fill_value(fill: Any, dtype: np.dtype) -> Any:
     """finfo(dtype).min, -inf, or a negative number that stays finite in dtype (same errors as the oracle)."""
-    if isinstance(fill, str):
-        check.choice("fill", fill, check.FILLS)
+    if isinstance(check.additive_fill(fill), str):
         return _finfo(dtype).min if fill == "min" else -np.inf
-    if isinstance(fill, bool) or not isinstance(fill, int | float | np.number):
-        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
-    if not fill < 0:
-        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
     with np.errstate(over="ignore"):
         rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
-    if not np.isfinite(rounded):
-        raise ValueError(
-            f"fill={fill!r} overflows to -inf in {_dtype_name(dtype)} (its most negative finite value is "
-            f'{_finfo(dtype).min}); use fill="min" or fill="-inf" to mean that'
-        )
+    check.fill_stays_finite(fill, float(rounded), _dtype_name(dtype), _finfo(dtype).min)
     return fill
 
 
@@ -318,11 +309,12 @@ def from_additive(bias: Any, *, threshold: Any = "min") -> jax.Array:
     bias = _floating("bias", bias)
     if _is_concrete(bias) and bool(jnp.isnan(bias).any()):
         raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
-    if isinstance(threshold, str):
-        check.choice("threshold", threshold, ("min",))
+    if isinstance(check.additive_threshold(threshold), str):
         limit = _finfo(bias.dtype).min
     else:
-        limit = threshold
+        # Rounded to the bias dtype, as to_additive writes a numeric fill (-1e4 is -9984 in bfloat16).
+        with np.errstate(over="ignore"):
+            limit = np.asarray(threshold, dtype=np.float64).astype(bias.dtype)
     return bias > limit
 
 
@@ -348,27 +340,13 @@ def from_torch_mha(
     keep = None
     if attn_mask is not None:
         keep = _mha_keep("attn_mask", attn_mask, threshold)
-        if keep.ndim == 3:
-            if num_heads is None:
-                raise ValueError(
-                    f"attn_mask of shape {keep.shape} is (N*num_heads, T, S): pass num_heads= to split it"
-                )
-            heads = check.integer("num_heads", num_heads, minimum=1)
-            if keep.shape[0] % heads:
-                raise ValueError(
-                    f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
-                )
-            keep = keep.reshape(-1, heads, *keep.shape[1:])
-        elif keep.ndim != 2:
-            raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {keep.shape}")
+        heads = check.mha_attn_mask_heads(keep.shape, num_heads)
+        if heads is not None:
+            keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
     if key_padding_mask is not None:
         kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
-        if kp.ndim == 1:
-            kp = kp[None, :]
-        elif kp.ndim == 2:
-            kp = kp[:, None, None, :]
-        else:
-            raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {kp.shape}")
+        check.mha_key_padding_mask(kp.shape)
+        kp = kp[None, :] if kp.ndim == 1 else kp[:, None, None, :]
         keep = kp if keep is None else keep & kp
     return keep
 

@@ -303,20 +303,11 @@ def or_masks(*masks: Any) -> Mask | None:
 
 
 def _fill_value(fill: Any, dtype: torch.dtype) -> float:
-    if isinstance(fill, str):
-        check.choice("fill", fill, check.FILLS)
+    if isinstance(check.additive_fill(fill), str):
         return torch.finfo(dtype).min if fill == "min" else -math.inf
-    if isinstance(fill, bool) or not isinstance(fill, int | float | np.number):
-        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
-    if not fill < 0:
-        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
     # Rounded from float64 once, straight to the target dtype (as NumPy / ml_dtypes do).
     rounded = _round_from_float64(float(fill), dtype)
-    if not math.isfinite(rounded):
-        raise ValueError(
-            f"fill={fill!r} overflows to -inf in {_name(dtype)} (its most negative finite value is "
-            f'{torch.finfo(dtype).min}); use fill="min" or fill="-inf" to mean that'
-        )
+    check.fill_stays_finite(fill, rounded, _name(dtype), torch.finfo(dtype).min)
     return rounded
 
 
@@ -345,12 +336,9 @@ def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min") -> torc
 
 def _threshold(threshold: Any, bias: torch.Tensor) -> Any:
     """finfo.min for "min"; a number is rounded to the bias dtype, as to_additive writes a fill."""
-    if isinstance(threshold, str):
-        check.choice("threshold", threshold, ("min",))
+    if isinstance(check.additive_threshold(threshold), str):
         return torch.finfo(bias.dtype).min
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number) or threshold != threshold:
-        raise TypeError(f'threshold must be "min" or a number (a masking value); got {threshold!r}')
-    return torch.tensor(float(threshold), dtype=torch.float64, device=bias.device).to(bias.dtype)
+    return torch.tensor(_round_from_float64(float(threshold), bias.dtype), dtype=bias.dtype, device=bias.device)
 
 
 def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
@@ -382,27 +370,13 @@ def from_torch_mha(
     keep = None
     if attn_mask is not None:
         keep = _mha_keep("attn_mask", attn_mask, threshold, device)
-        if keep.ndim == 3:
-            if num_heads is None:
-                raise ValueError(
-                    f"attn_mask of shape {tuple(keep.shape)} is (N*num_heads, T, S): pass num_heads= to split it"
-                )
-            heads = check.integer("num_heads", num_heads, minimum=1)
-            if keep.shape[0] % heads:
-                raise ValueError(
-                    f"attn_mask's first axis ({keep.shape[0]}) must be a multiple of num_heads={heads}"
-                )
-            keep = keep.reshape(-1, heads, *keep.shape[1:])
-        elif keep.ndim != 2:
-            raise ValueError(f"attn_mask must have shape (T, S) or (N*num_heads, T, S); got {tuple(keep.shape)}")
+        heads = check.mha_attn_mask_heads(keep.shape, num_heads)
+        if heads is not None:
+            keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
     if key_padding_mask is not None:
         kp = _mha_keep("key_padding_mask", key_padding_mask, threshold, device)
-        if kp.ndim == 1:
-            kp = kp[None, :]
-        elif kp.ndim == 2:
-            kp = kp[:, None, None, :]
-        else:
-            raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {tuple(kp.shape)}")
+        check.mha_key_padding_mask(kp.shape)
+        kp = kp[None, :] if kp.ndim == 1 else kp[:, None, None, :]
         keep = kp if keep is None else and_masks(keep, kp)
     return keep
 

@@ -103,6 +103,7 @@ MASK_CALLS: tuple[MaskCall, ...] = (
         (np.broadcast_to(~_CAUSAL_4x6, (6, 4, 6)).copy(),),
         {"num_heads": 3},
     ),
+    MaskCall("from-torch-mha-3d-empty", "from_torch_mha", (np.zeros((6, 0, 0), bool),), {"num_heads": 3}),
     MaskCall(
         "from-torch-mha-float",
         "from_torch_mha",
