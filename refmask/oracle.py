@@ -8,8 +8,9 @@ that the test suite holds against it. It is written to be read:
   scores' shape (..., T, S) (T = query length, S = key length), and built at its smallest
   broadcastable shape ((T, S) for causal, (B, 1, 1, S) for key padding);
 - arithmetic runs in float64 and is rounded once, at the end, to the input's floating dtype, so a
-  float32, float16 or bfloat16 result is the correctly rounded answer (float64 results are accurate
-  to a few ULP);
+  float32, float16 or bfloat16 result is the correctly rounded answer, unless the exact value lies
+  within float64 rounding error of a midpoint between two neighbours (then either neighbour may
+  come out); float64 results are accurate to a few ULP;
 - bad input raises a ValueError or TypeError naming the argument (see refmask/_validate.py).
 """
 

@@ -123,12 +123,12 @@ def test_query_blocking_is_invisible(problem, fully_masked, block):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(oracle, "_ATTENTION_BLOCK_ELEMENTS", block)
         blocked = refmask.attention(q, k, v, mask, fully_masked=fully_masked)
-    if dtype == "float64":
-        # NumPy's matmul (BLAS) may sum in another order for fewer rows: float64 results may move
-        # by an ULP or so; rounded once to a narrower dtype they are bit-identical.
-        assert_attention_close(blocked, whole, scale=float(np.abs(v).max(initial=0.0)))
-    else:
-        assert_bit_identical(blocked, whole)
+    # NumPy's matmul (BLAS) may sum in another order for fewer rows, moving float64 intermediates
+    # by an ULP or so. Rounded to a narrower dtype that is invisible, except where the exact output
+    # sits on a rounding midpoint (e.g. the "uniform" mean of bfloat16 values): there it may flip
+    # one rounding step, so one step (eps * max|v|) is the bound, not bit identity.
+    scale = float(np.abs(v.astype(np.float64)).max(initial=0.0))
+    assert_attention_close(blocked, whole, scale=scale, max_ulp=None if dtype == "float64" else 1)
 
 
 @settings(max_examples=60, deadline=None)

@@ -105,7 +105,9 @@ def test_seed_002_padded_query_rows():
     ([0.0, math.log(2), math.log(5)], [1, 1, 1], [1 / 8, 2 / 8, 5 / 8]),
     ([0.0, 123.0, math.log(3)], [1, 0, 1], [1 / 4, 0.0, 3 / 4]),
     ([7.0, 7.0, 7.0, 7.0], [1, 1, 0, 1], [1 / 3, 1 / 3, 0.0, 1 / 3]),
-    ([-1000.0, -1000.0 + math.log(9)], [1, 1], [1 / 10, 9 / 10]),  # shifted by the kept max
+    # shifted by the kept max (inputs exact in float64: -1000 + ln 9 would itself be rounded by
+    # ulp(1000) / 2, which moves the true softmax ~30 ULP away from 9/10)
+    ([-1000.0, -998.0], [1, 1], [1 / (1 + math.exp(2)), 1 / (1 + math.exp(-2))]),
     ([5.0, 1.0], [0, 1], [0.0, 1.0]),
     ([0.0, -np.inf, math.log(3)], [1, 1, 1], [1 / 4, 0.0, 3 / 4]),  # kept -inf beside finite: weight 0
 ])
