@@ -19,21 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._base import Native, Path
+from .jax_paths import btnh_qkv, to_bhtd
 
 FRAMEWORK_VERSION = flax.__version__
-
-
-def _btnh(x: np.ndarray) -> jax.Array:
-    """refmask's (B, H, T, D) -> Flax's (B, T, N, H) layout."""
-    return jnp.asarray(x).transpose(0, 2, 1, 3)
-
-
-def _bhtd(x: jax.Array) -> np.ndarray:
-    return np.asarray(x.transpose(0, 2, 1, 3))
-
-
-def _qkv(case):
-    return _btnh(case.q), _btnh(case.k), _btnh(case.v)
 
 
 def flax_mask(case) -> jax.Array:
@@ -73,16 +61,16 @@ def _valid(lengths, n: int, side: str) -> jax.Array:
 
 def flax_weights(case) -> Native:
     """flax.linen.dot_product_attention_weights(q, k, mask=flax_mask(case))."""
-    q, k, v = _qkv(case)
+    q, k, v = btnh_qkv(case)
     weights = fnn.dot_product_attention_weights(q, k, mask=flax_mask(case), deterministic=True)
     return Native(weights=np.asarray(weights))  # already (B, N, T, S)
 
 
 def flax_attention(case) -> Native:
     """flax.linen.dot_product_attention(q, k, v, mask=flax_mask(case))."""
-    q, k, v = _qkv(case)
+    q, k, v = btnh_qkv(case)
     out = fnn.dot_product_attention(q, k, v, mask=flax_mask(case), deterministic=True)
-    return Native(output=_bhtd(out))
+    return Native(output=to_bhtd(out))
 
 
 PATHS = [

@@ -22,17 +22,17 @@ from ._base import Native, Path, require
 FRAMEWORK_VERSION = jax.__version__
 
 
-def _btnh(x: np.ndarray) -> jax.Array:
-    """refmask's (B, H, T, D) -> JAX's (B, T, N, H) layout."""
+def to_btnh(x: np.ndarray) -> jax.Array:
+    """refmask's (B, H, T, D) -> JAX's and Flax's (B, T, N, H) layout."""
     return jnp.asarray(x).transpose(0, 2, 1, 3)
 
 
-def _bhtd(x: jax.Array) -> np.ndarray:
+def to_bhtd(x: jax.Array) -> np.ndarray:
     return np.asarray(x.transpose(0, 2, 1, 3))
 
 
-def _qkv(case):
-    return _btnh(case.q), _btnh(case.k), _btnh(case.v)
+def btnh_qkv(case):
+    return to_btnh(case.q), to_btnh(case.k), to_btnh(case.v)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,9 +41,9 @@ def _qkv(case):
 
 def jax_dpa_mask(case) -> Native:
     """jax.nn.dot_product_attention(mask=mask): the mask means what refmask's means."""
-    q, k, v = _qkv(case)
+    q, k, v = btnh_qkv(case)
     out = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(case.mask), implementation="xla")
-    return Native(output=_bhtd(out))
+    return Native(output=to_bhtd(out))
 
 
 def jax_dpa_structure(case) -> Native:
@@ -52,7 +52,7 @@ def jax_dpa_structure(case) -> Native:
     require(case, parts={"causal", "window", "kv_lengths", "q_lengths"}, side="right",
             why="is_causal / seq lengths / local_window_size state top-left causal, right padding and windows only")
     spec = case.spec
-    q, k, v = _qkv(case)
+    q, k, v = btnh_qkv(case)
     kwargs = {}
     if spec.causal is not None:
         kwargs["is_causal"] = True
@@ -63,7 +63,7 @@ def jax_dpa_structure(case) -> Native:
     if spec.q_lengths is not None:
         kwargs["query_seq_lengths"] = jnp.asarray(spec.q_lengths, jnp.int32)
     out = jax.nn.dot_product_attention(q, k, v, implementation="xla", **kwargs)
-    return Native(output=_bhtd(out))
+    return Native(output=to_bhtd(out))
 
 
 def jax_softmax_where(case) -> Native:
