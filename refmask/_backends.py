@@ -30,7 +30,7 @@ _LOADED: dict[str, ModuleType] = {}
 
 def get_backend(name: str) -> ModuleType:
     """The backend module called `name`; a clear error if unknown or its framework is missing."""
-    loaded = _LOADED.get(name)
+    loaded = _LOADED.get(name) or sys.modules.get(_MODULES.get(name, ""))
     if loaded is not None:
         return loaded
     if name not in _MODULES:

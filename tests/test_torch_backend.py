@@ -6,6 +6,8 @@ device placement, the SDPA drop-in (against SDPA itself and the oracle) and Flex
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -182,6 +184,18 @@ def test_public_api_under_torch_compile():
     q, k, v, mask = _causal_padding_problem()
     compiled = torch.compile(lambda q, k, v, m: refmask.attention(q, k, v, m, is_causal=True), backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v, mask), refmask.attention(q, k, v, mask, is_causal=True))
+
+
+def test_public_api_compiles_to_one_graph_once_the_backend_is_loaded():
+    # A fresh process, so no earlier test has loaded the backend through refmask already.
+    program = (
+        "import torch, refmask, refmask.backends.torch\n"
+        "scores, mask = torch.randn(2, 3, 4, 5), torch.ones(4, 5, dtype=torch.bool).tril()\n"
+        "compiled = torch.compile(refmask.masked_softmax, backend='aot_eager', fullgraph=True)\n"
+        "torch.testing.assert_close(compiled(scores, mask), refmask.masked_softmax(scores, mask), rtol=0, atol=0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_masked_softmax_under_torch_compile_fully_masked_rows():
