@@ -91,10 +91,10 @@ MASK_CALLS: tuple[MaskCall, ...] = (
         {"threshold": -1e9},
     ),
     MaskCall(
-        "from-additive-threshold-rounded-to-bfloat16",  # -1e4 is -9984 in bfloat16
+        "from-additive-threshold-rounded-to-float16",  # -10001 is -10000 in float16 (spacing 8)
         "from_additive",
-        (oracle.to_additive(_CAUSAL_4x6, "bfloat16", fill=-1e4),),
-        {"threshold": -1e4},
+        (oracle.to_additive(_CAUSAL_4x6, "float16", fill=-10001.0),),
+        {"threshold": -10001.0},
     ),
     MaskCall("from-torch-mha-bool", "from_torch_mha", (~_CAUSAL_4x6, ~_VALID)),
     MaskCall(
