@@ -221,3 +221,30 @@ def mha_attn_mask_heads(shape: tuple[int, ...], num_heads: object) -> int | None
 def mha_key_padding_mask(shape: tuple[int, ...]) -> None:
     if len(shape) not in (1, 2):
         raise ValueError(f"key_padding_mask must have shape (N, S) or (S,); got {tuple(shape)}")
+
+
+def torch_mha_form(
+    shape: tuple[int, ...], num_heads: object, q_len: object
+) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+    """Which nn.MultiheadAttention argument a canonical mask of `shape` becomes (to_torch_mha).
+
+    Returns (argument, broadcast shape, final shape): (T, S) -> attn_mask (T, S) (T' = 1 broadcast
+    to q_len); (B, 1, 1, S) without q_len -> key_padding_mask (B, S); any other (B, H', T', S) ->
+    attn_mask (B*num_heads, T, S), H' = 1 broadcast to num_heads and T' = 1 to q_len.
+    """
+    shape = tuple(shape)
+    if len(shape) == 2:
+        t = shape[0] if q_len is None else integer("q_len", q_len, minimum=0)
+        broadcasts_to("mask", shape, (t, shape[1]))
+        return "attn_mask", (t, shape[1]), (t, shape[1])
+    if len(shape) == 4 and shape[1] == 1 and shape[2] == 1 and q_len is None:
+        return "key_padding_mask", shape, (shape[0], shape[3])
+    if len(shape) != 4:
+        raise ValueError(f"mask must have shape (T, S) or (B, H, T, S); got {shape}")
+    if num_heads is None:
+        raise ValueError(f"a mask of shape {shape} becomes a (B*num_heads, T, S) attn_mask: pass num_heads=")
+    heads = integer("num_heads", num_heads, minimum=1)
+    t = shape[2] if q_len is None else integer("q_len", q_len, minimum=0)
+    b, _, _, s = shape
+    broadcasts_to("mask", shape, (b, heads, t, s))
+    return "attn_mask", (b, heads, t, s), (b * heads, t, s)

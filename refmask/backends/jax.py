@@ -355,21 +355,10 @@ def to_torch_mha(
     mask: Any, *, num_heads: int | None = None, q_len: int | None = None
 ) -> tuple[jax.Array | None, jax.Array | None]:
     keep = _bool_mask("mask", mask)
-    if keep.ndim == 2:
-        if q_len is not None:
-            keep = jnp.broadcast_to(keep, (check.integer("q_len", q_len, minimum=0), keep.shape[1]))
-        return ~keep, None
-    if keep.ndim == 4 and keep.shape[1] == 1 and keep.shape[2] == 1 and q_len is None:
-        return None, ~keep[:, 0, 0, :]
-    if keep.ndim != 4:
-        raise ValueError(f"mask must have shape (T, S) or (B, H, T, S); got {keep.shape}")
-    if num_heads is None:
-        raise ValueError(f"a mask of shape {keep.shape} becomes a (B*num_heads, T, S) attn_mask: pass num_heads=")
-    heads = check.integer("num_heads", num_heads, minimum=1)
-    t = keep.shape[2] if q_len is None else check.integer("q_len", q_len, minimum=0)
-    b, _, _, s = keep.shape
-    check.broadcasts_to("mask", keep.shape, (b, heads, t, s))
-    return ~jnp.broadcast_to(keep, (b, heads, t, s)).reshape(b * heads, t, s), None
+    argument, full, final = check.torch_mha_form(tuple(keep.shape), num_heads, q_len)
+    if argument == "key_padding_mask":
+        return None, ~keep.reshape(final)
+    return ~jnp.broadcast_to(keep, full).reshape(final), None
 
 
 def from_hf(attention_mask: Any) -> jax.Array:
