@@ -22,15 +22,12 @@ _FRAMEWORK = {"numpy": "numpy", "jax": "jax", "torch": "torch"}
 BACKENDS = tuple(_MODULES)
 
 
-# Loaded backend modules. Besides saving the import machinery on every call, the plain dict lookup
-# lets torch.compile(fullgraph=True) and jax tracing go through the public API (neither traces
-# importlib).
-_LOADED: dict[str, ModuleType] = {}
-
-
 def get_backend(name: str) -> ModuleType:
     """The backend module called `name`; a clear error if unknown or its framework is missing."""
-    loaded = _LOADED.get(name) or sys.modules.get(_MODULES.get(name, ""))
+    # An imported backend is taken straight from sys.modules: besides skipping the import machinery
+    # on every call, the plain dict lookup lets torch.compile(fullgraph=True) go through the public
+    # API (dynamo does not trace importlib).
+    loaded = sys.modules.get(_MODULES.get(name, ""))
     if loaded is not None:
         return loaded
     if name not in _MODULES:
@@ -38,8 +35,7 @@ def get_backend(name: str) -> ModuleType:
     framework = _FRAMEWORK[name]
     if framework not in sys.modules and importlib.util.find_spec(framework) is None:
         raise ImportError(f'backend "{name}" needs {framework}, which is not installed: pip install "refmask[{name}]"')
-    _LOADED[name] = importlib.import_module(_MODULES[name])
-    return _LOADED[name]
+    return importlib.import_module(_MODULES[name])
 
 
 def array_backend(x: Any) -> str:

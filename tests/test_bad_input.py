@@ -238,8 +238,7 @@ def test_backend_whose_framework_is_missing_says_how_to_install_it(monkeypatch, 
     monkeypatch.setattr(_backends.importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == backend else real_find_spec(name, *a, **k))
     monkeypatch.delitem(sys.modules, backend, raising=False)  # as if it had never been imported
-    monkeypatch.setattr(_backends, "_LOADED", {})  # nor loaded by refmask
-    monkeypatch.delitem(sys.modules, f"refmask.backends.{backend}", raising=False)
+    monkeypatch.delitem(sys.modules, f"refmask.backends.{backend}", raising=False)  # nor its backend
     with pytest.raises(ImportError) as raised:
         refmask.causal_mask(3, backend=backend)
     message = str(raised.value)
