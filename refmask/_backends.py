@@ -1,4 +1,4 @@
-"""Backend registry: name -> module, imported on first use; and inference from array types.
+"""The one registry of backends: which exist, which can run here and why not, and the module of each.
 
 - The core never imports a framework. An array is recognised as a jax or torch array only when that
   framework is already in sys.modules (if it is not imported, no array of it can exist).
@@ -6,6 +6,8 @@
   refmask/_api.py); the oracle itself is the "numpy" backend.
 - Mixing arrays of two frameworks in one call is an error; NumPy arrays (and lists, numbers) may
   accompany a framework's arrays and are converted by that framework's backend.
+- A backend's first use imports it under a lock, so threads that all make their first call at once
+  see it only when its import has finished (a module is in sys.modules while it is still importing).
 """
 
 from __future__ import annotations
@@ -13,33 +15,86 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
-_MODULES = {"numpy": "refmask.oracle", "jax": "refmask.backends.jax", "torch": "refmask.backends.torch"}
-_FRAMEWORK = {"numpy": "numpy", "jax": "jax", "torch": "torch"}
+BACKENDS: tuple[str, ...] = ("numpy", "jax", "torch")
 
-BACKENDS = tuple(_MODULES)
+_MODULES = {"numpy": "refmask.oracle", "jax": "refmask.backends.jax", "torch": "refmask.backends.torch"}
+# The frameworks each backend imports; the extra that installs them has the backend's name.
+_REQUIRED = {"numpy": ("numpy",), "jax": ("jax",), "torch": ("torch",)}
+
+_loaded: dict[str, ModuleType] = {}
+_import_lock = threading.RLock()
+
+
+def install_hint(extra: str) -> str:
+    """How to install refmask's `extra`, from a release and from a source checkout."""
+    return f'pip install "refmask[{extra}]" (from a source checkout: pip install -e ".[{extra}]")'
+
+
+def missing_dependency(module: str, extra: str, what: str) -> str | None:
+    """A one-line reason why `what` cannot run (its `module` is not installed), or None if it can."""
+    if module in sys.modules or importlib.util.find_spec(module.partition(".")[0]) is not None:
+        return None
+    return f"{what} needs {module}, which is not installed: {install_hint(extra)}"
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import `module` for `what`, or raise ImportError with the one-line install hint."""
+    why = missing_dependency(module, extra, what)
+    if why is not None:
+        raise ImportError(why)
+    return importlib.import_module(module)
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend `name` cannot run here (its framework is not installed), or None if it can."""
+    check_name(name)
+    for module in _REQUIRED[name]:
+        why = missing_dependency(module, name, f'backend "{name}"')
+        if why is not None:
+            return why
+    return None
+
+
+def installed_backends() -> tuple[str, ...]:
+    """Backends whose framework can be imported here (numpy always)."""
+    return tuple(name for name in BACKENDS if unavailable_reason(name) is None)
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or name not in _MODULES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or None; got {name!r}")
+    return name
 
 
 def get_backend(name: str) -> ModuleType:
     """The backend module called `name`; a clear error if unknown or its framework is missing."""
-    # An imported backend is taken straight from sys.modules: besides skipping the import machinery
-    # on every call, the plain dict lookup lets torch.compile(fullgraph=True) go through the public
-    # API (dynamo does not trace importlib).
-    loaded = sys.modules.get(_MODULES.get(name, ""))
-    if loaded is not None:
-        return loaded
-    if name not in _MODULES:
-        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))} or None; got {name!r}")
-    framework = _FRAMEWORK[name]
-    if framework not in sys.modules and importlib.util.find_spec(framework) is None:
-        raise ImportError(f'backend "{name}" needs {framework}, which is not installed: pip install "refmask[{name}]"')
-    return importlib.import_module(_MODULES[name])
+    # A plain dict lookup on the hot path: it also lets torch.compile(fullgraph=True) go through the
+    # public API once a backend is loaded (dynamo does not trace importlib or locks).
+    module = _loaded.get(name)
+    if module is not None:
+        return module
+    return _load(name)
+
+
+def _load(name: str) -> ModuleType:
+    check_name(name)
+    with _import_lock:
+        if name in _loaded:
+            return _loaded[name]
+        why = unavailable_reason(name)
+        if why is not None:
+            raise ImportError(why)
+        module = importlib.import_module(_MODULES[name])
+        _loaded[name] = module
+        return module
 
 
 def array_backend(x: Any) -> str:
-    """"jax", "torch" or "numpy" (for NumPy arrays, lists, numbers and anything else)."""
+    """ "jax", "torch" or "numpy" (for NumPy arrays, lists, numbers and anything else)."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         return "torch"
@@ -62,13 +117,6 @@ def infer_backend(*arrays: Any) -> str:
 
 def resolve(backend: str | None, *arrays: Any) -> ModuleType:
     return get_backend(infer_backend(*arrays) if backend is None else backend)
-
-
-def installed_backends() -> tuple[str, ...]:
-    """Backends whose framework can be imported here (numpy always)."""
-    return tuple(
-        name for name, fw in _FRAMEWORK.items() if fw in sys.modules or importlib.util.find_spec(fw) is not None
-    )
 
 
 def to_numpy(x: Any) -> Any:
