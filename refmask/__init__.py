@@ -2,7 +2,7 @@
 
 Convention: a mask is a boolean array, True = "this query may attend to this key", broadcastable
 to the scores' shape (..., T, S). Every other convention enters and leaves through the converters
-(to_additive/from_additive, from_torch_mha/to_torch_mha, from_hf). The definitions live in
+(to_additive/from_additive, from_multiplicative, from_torch_mha/to_torch_mha, from_hf). The definitions live in
 refmask.oracle (pure NumPy); backend="jax" and backend="torch" are independent implementations
 held against it by the test suite. Importing refmask imports NumPy only.
 """
@@ -16,6 +16,7 @@ from ._api import (
     chunked_mask,
     from_additive,
     from_hf,
+    from_multiplicative,
     from_torch_mha,
     masked_softmax,
     or_masks,
@@ -28,8 +29,7 @@ from ._api import (
     to_torch_mha,
 )
 from ._backends import BACKENDS, installed_backends
-
-__version__ = "0.1.0"
+from ._version import __version__ as __version__
 
 __all__ = [
     "BACKENDS",
@@ -41,6 +41,7 @@ __all__ = [
     "chunked_mask",
     "from_additive",
     "from_hf",
+    "from_multiplicative",
     "from_torch_mha",
     "installed_backends",
     "masked_softmax",

@@ -1,221 +1,87 @@
-"""The public API: each function picks a backend and calls that backend's function of the same name.
+"""The public API, generated from the oracle: each function picks a backend and calls its function of the same name.
 
-backend=None infers the backend from the array arguments (NumPy if there are none); "numpy" is the
-oracle. The definitions are the oracle's docstrings, copied onto these functions.
+For every public oracle function, a function with the oracle's exact signature plus a keyword-only
+`backend=None` is generated (as dataclasses generate __init__: plain Python source, so a call costs one
+backend lookup and one call, and `inspect.signature` and tracebacks show real parameters). backend=None
+infers the backend from the array arguments (NumPy if there are none); "numpy" is the oracle. The
+parameters that hold arrays are those the oracle annotates as `ArrayLike`; the docstring is the oracle's.
+The converters (refmask._convert.SHARED) are written once over each backend's array operations (its `OPS`),
+so for them the generated function calls the shared converter with the chosen backend's operations.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from . import oracle
+from . import _convert, oracle
 from ._backends import resolve
+from ._convert import SHARED
 
-F = TypeVar("F", bound=Callable[..., Any])
+PUBLIC: tuple[str, ...] = tuple(oracle.__all__)
 
-
-def _defined_by(oracle_fn: Callable[..., Any]) -> Callable[[F], F]:
-    def decorate(fn: F) -> F:
-        fn.__doc__ = (oracle_fn.__doc__ or "") + (
-            "\n\n    backend: None (infer from the arrays; NumPy if there are none), \"numpy\" (the oracle),"
-            ' "jax" or "torch".\n'
-        )
-        return fn
-
-    return decorate
+_BACKEND_DOC = (
+    '\n\n    backend: None (infer from the arrays; NumPy if there are none), "numpy" (the oracle), "jax" or "torch".\n'
+)
 
 
-# masks from positions
-
-
-@_defined_by(oracle.causal_mask)
-def causal_mask(
-    q_len: int,
-    kv_len: int | None = None,
-    *,
-    align: str = "top_left",
-    offset: int = 0,
-    backend: str | None = None,
-    device: Any = None,
-) -> Any:
-    return resolve(backend).causal_mask(q_len, kv_len, align=align, offset=offset, device=device)
-
-
-@_defined_by(oracle.sliding_window_mask)
-def sliding_window_mask(
-    q_len: int,
-    kv_len: int | None = None,
-    *,
-    window: int | tuple[int, int],
-    align: str = "top_left",
-    offset: int = 0,
-    backend: str | None = None,
-    device: Any = None,
-) -> Any:
-    return resolve(backend).sliding_window_mask(q_len, kv_len, window=window, align=align, offset=offset, device=device)
-
-
-@_defined_by(oracle.chunked_mask)
-def chunked_mask(
-    q_len: int,
-    kv_len: int | None = None,
-    *,
-    chunk_size: int,
-    align: str = "top_left",
-    offset: int = 0,
-    backend: str | None = None,
-    device: Any = None,
-) -> Any:
-    return resolve(backend).chunked_mask(q_len, kv_len, chunk_size=chunk_size, align=align, offset=offset, device=device)
-
-
-# masks from data
-
-
-@_defined_by(oracle.padding_mask)
-def padding_mask(
-    lengths: Any, max_len: int, *, side: str = "right", backend: str | None = None, device: Any = None
-) -> Any:
-    return resolve(backend, lengths).padding_mask(lengths, max_len, side=side, device=device)
-
-
-@_defined_by(oracle.padding_mask_from_ids)
-def padding_mask_from_ids(ids: Any, pad_id: int, *, backend: str | None = None, device: Any = None) -> Any:
-    return resolve(backend, ids).padding_mask_from_ids(ids, pad_id, device=device)
-
-
-@_defined_by(oracle.attention_padding_mask)
-def attention_padding_mask(
-    kv_valid: Any, q_valid: Any = None, *, backend: str | None = None, device: Any = None
-) -> Any:
-    return resolve(backend, kv_valid, q_valid).attention_padding_mask(kv_valid, q_valid, device=device)
-
-
-@_defined_by(oracle.segment_mask)
-def segment_mask(
-    q_segment_ids: Any,
-    kv_segment_ids: Any = None,
-    *,
-    pad_id: int | None = None,
-    backend: str | None = None,
-    device: Any = None,
-) -> Any:
-    return resolve(backend, q_segment_ids, kv_segment_ids).segment_mask(
-        q_segment_ids, kv_segment_ids, pad_id=pad_id, device=device
+def array_parameters(fn: Callable[..., Any]) -> tuple[str, ...]:
+    """The parameters of an oracle function that hold arrays (annotated `ArrayLike`)."""
+    return tuple(
+        p.name for p in inspect.signature(fn).parameters.values() if str(p.annotation).startswith("ArrayLike")
     )
 
 
-@_defined_by(oracle.prefix_lm_mask)
-def prefix_lm_mask(
-    prefix_lengths: Any,
-    q_len: int,
-    kv_len: int | None = None,
-    *,
-    align: str = "top_left",
-    backend: str | None = None,
-    device: Any = None,
-) -> Any:
-    return resolve(backend, prefix_lengths).prefix_lm_mask(prefix_lengths, q_len, kv_len, align=align, device=device)
+def public_signature(fn: Callable[..., Any]) -> inspect.Signature:
+    """The oracle function's signature with the keyword-only `backend: str | None = None` added."""
+    sig = inspect.signature(fn)
+    backend = inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
+    return sig.replace(parameters=[*sig.parameters.values(), backend])
 
 
-@_defined_by(oracle.and_masks)
-def and_masks(*masks: Any, backend: str | None = None) -> Any:
-    return resolve(backend, *masks).and_masks(*masks)
+def _generate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    sig = inspect.signature(fn)
+    namespace: dict[str, Any] = {"_resolve": resolve}
+    params, call, star_seen = [], [], False
+    for p in sig.parameters.values():
+        default = ""
+        if p.default is not inspect.Parameter.empty:
+            namespace[f"_default_{p.name}"] = p.default
+            default = f"=_default_{p.name}"
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            params.append(f"*{p.name}")
+            call.append(f"*{p.name}")
+            star_seen = True
+        elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+            if not star_seen:
+                params.append("*")
+                star_seen = True
+            params.append(p.name + default)
+            call.append(f"{p.name}={p.name}")
+        else:
+            params.append(p.name + default)
+            call.append(p.name)
+    if not star_seen:
+        params.append("*")
+    params.append("backend=None")
+    star = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.VAR_POSITIONAL}
+    arrays = [f"*{p}" if p in star else p for p in array_parameters(fn)]
+    backend_module = f"_resolve(backend, {', '.join(arrays)})"
+    if fn.__name__ in SHARED:
+        namespace["_shared"] = getattr(_convert, fn.__name__)
+        target = f"_shared({backend_module}.OPS, "
+    else:
+        target = f"{backend_module}.{fn.__name__}("
+    source = f"def {fn.__name__}({', '.join(params)}):\n    return {target}{', '.join(call)})\n"
+    exec(compile(source, f"<refmask public {fn.__name__}>", "exec"), namespace)
+    public = namespace[fn.__name__]
+    public.__doc__ = (fn.__doc__ or "") + _BACKEND_DOC
+    public.__module__ = "refmask"
+    public.__qualname__ = fn.__name__
+    public.__signature__ = public_signature(fn)
+    return public  # type: ignore[no-any-return]
 
 
-@_defined_by(oracle.or_masks)
-def or_masks(*masks: Any, backend: str | None = None) -> Any:
-    return resolve(backend, *masks).or_masks(*masks)
-
-
-# converters
-
-
-@_defined_by(oracle.to_additive)
-def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min", backend: str | None = None) -> Any:
-    return resolve(backend, mask).to_additive(mask, dtype, fill=fill)
-
-
-@_defined_by(oracle.from_additive)
-def from_additive(bias: Any, *, threshold: Any = "min", backend: str | None = None) -> Any:
-    return resolve(backend, bias).from_additive(bias, threshold=threshold)
-
-
-@_defined_by(oracle.from_torch_mha)
-def from_torch_mha(
-    attn_mask: Any = None,
-    key_padding_mask: Any = None,
-    *,
-    num_heads: int | None = None,
-    threshold: Any = "min",
-    backend: str | None = None,
-) -> Any:
-    return resolve(backend, attn_mask, key_padding_mask).from_torch_mha(
-        attn_mask, key_padding_mask, num_heads=num_heads, threshold=threshold
-    )
-
-
-@_defined_by(oracle.to_torch_mha)
-def to_torch_mha(
-    mask: Any, *, num_heads: int | None = None, q_len: int | None = None, backend: str | None = None
-) -> tuple[Any, Any]:
-    return resolve(backend, mask).to_torch_mha(mask, num_heads=num_heads, q_len=q_len)
-
-
-@_defined_by(oracle.from_hf)
-def from_hf(attention_mask: Any, *, backend: str | None = None) -> Any:
-    return resolve(backend, attention_mask).from_hf(attention_mask)
-
-
-# softmax and attention
-
-
-@_defined_by(oracle.masked_softmax)
-def masked_softmax(
-    scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero", backend: str | None = None
-) -> Any:
-    return resolve(backend, scores, mask).masked_softmax(scores, mask, axis=axis, fully_masked=fully_masked)
-
-
-@_defined_by(oracle.attention_weights)
-def attention_weights(
-    q: Any,
-    k: Any,
-    mask: Any = None,
-    *,
-    bias: Any = None,
-    scale: float | None = None,
-    fully_masked: str = "zero",
-    backend: str | None = None,
-) -> Any:
-    return resolve(backend, q, k, mask, bias).attention_weights(
-        q, k, mask, bias=bias, scale=scale, fully_masked=fully_masked
-    )
-
-
-@_defined_by(oracle.attention)
-def attention(
-    q: Any,
-    k: Any,
-    v: Any,
-    mask: Any = None,
-    *,
-    bias: Any = None,
-    scale: float | None = None,
-    is_causal: bool = False,
-    fully_masked: str = "zero",
-    return_weights: bool = False,
-    backend: str | None = None,
-) -> Any:
-    return resolve(backend, q, k, v, mask, bias).attention(
-        q,
-        k,
-        v,
-        mask,
-        bias=bias,
-        scale=scale,
-        is_causal=is_causal,
-        fully_masked=fully_masked,
-        return_weights=return_weights,
-    )
+for _name in PUBLIC:
+    globals()[_name] = _generate(getattr(oracle, _name))

@@ -80,6 +80,16 @@ def get_backend(name: str) -> ModuleType:
     return _load(name)
 
 
+def loaded(module_name: str) -> None:
+    """Called by each backend module as its last statement: from then on it is handed out.
+
+    A module is in sys.modules from the start of its import, so a registry that looked there would hand
+    another thread a half-imported module; one registered here has finished.
+    """
+    name = next(n for n, m in _MODULES.items() if m == module_name)
+    _loaded[name] = sys.modules[module_name]
+
+
 def _load(name: str) -> ModuleType:
     check_name(name)
     with _import_lock:
@@ -88,9 +98,8 @@ def _load(name: str) -> ModuleType:
         why = unavailable_reason(name)
         if why is not None:
             raise ImportError(why)
-        module = importlib.import_module(_MODULES[name])
-        _loaded[name] = module
-        return module
+        importlib.import_module(_MODULES[name])
+        return _loaded[name]
 
 
 def array_backend(x: Any) -> str:

@@ -11,6 +11,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
+
 ALIGNS = ("top_left", "bottom_right")
 SIDES = ("right", "left")
 FULLY_MASKED_POLICIES = ("zero", "uniform", "nan")
@@ -248,3 +250,12 @@ def torch_mha_form(
     b, _, _, s = shape
     broadcasts_to("mask", shape, (b, heads, t, s))
     return "attn_mask", (b, heads, t, s), (b * heads, t, s)
+
+
+def masks_broadcast(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
+    """The shape masks combined by and_masks / or_masks broadcast to; a ValueError naming them if none."""
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        got = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes, strict=True))
+        raise ValueError(f"masks must broadcast to one shape; got {got}") from None

@@ -21,9 +21,35 @@ from typing import Any
 
 import numpy as np
 
+from . import _arrays as arrays
+from . import _backends, _convert
 from . import _validate as check
+from ._arrays import NUMPY, ArrayLike
 
 Mask = np.ndarray
+OPS = NUMPY  # the array operations refmask's shared code (converters, argument parsing) runs on here
+
+__all__ = [
+    "and_masks",
+    "attention",
+    "attention_padding_mask",
+    "attention_weights",
+    "causal_mask",
+    "chunked_mask",
+    "from_additive",
+    "from_hf",
+    "from_multiplicative",
+    "from_torch_mha",
+    "masked_softmax",
+    "or_masks",
+    "padding_mask",
+    "padding_mask_from_ids",
+    "prefix_lm_mask",
+    "segment_mask",
+    "sliding_window_mask",
+    "to_additive",
+    "to_torch_mha",
+]
 
 # Query rows processed at once by `attention` when weights are not returned: the float64 scores
 # of one block stay near 32 MiB, so peak memory does not grow with T. Smaller blocks mean more
@@ -33,58 +59,19 @@ _ATTENTION_BLOCK_ELEMENTS = 1 << 22
 
 
 # ----------------------------------------------------------------------------------------------
-# dtypes
-
-
-def _dtype_name(dtype: np.dtype) -> str:
-    return np.dtype(dtype).name
-
-
-def _is_floating(dtype: np.dtype) -> bool:
-    """float16/32/64 and ml_dtypes' bfloat16 (which NumPy does not count as floating)."""
-    return np.issubdtype(dtype, np.floating) or np.dtype(dtype).name == "bfloat16"
-
-
-def _finfo(dtype: np.dtype) -> Any:
-    if np.dtype(dtype).name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.finfo(dtype)
-    return np.finfo(dtype)
-
-
-def _as_dtype(dtype: Any) -> np.dtype:
-    """`dtype` may be a NumPy dtype or a name; "bfloat16" needs the ml_dtypes package."""
-    if isinstance(dtype, str) and dtype == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError as err:
-            raise ImportError('bfloat16 in NumPy needs ml_dtypes: pip install "refmask[test]"') from err
-        return np.dtype(ml_dtypes.bfloat16)
-    try:
-        out = np.dtype(dtype)
-    except TypeError as err:
-        raise TypeError(f"dtype must be a floating dtype or its name; got {dtype!r}") from err
-    check.float_dtype("dtype", out.name, _is_floating(out))
-    return out
+# array arguments (parsed by refmask/_arrays.py, shared by every backend)
 
 
 def _floating(name: str, x: Any) -> np.ndarray:
-    x = np.asarray(x)
-    check.float_dtype(name, _dtype_name(x.dtype), _is_floating(x.dtype))
-    return x
+    return arrays.floating(NUMPY, name, x)
 
 
 def _bool_mask(name: str, mask: Any) -> np.ndarray:
-    mask = np.asarray(mask)
-    check.bool_mask(name, _dtype_name(mask.dtype), mask.dtype == np.bool_)
-    return mask
+    return arrays.bool_mask(NUMPY, name, mask)
 
 
 def _integers(name: str, x: Any) -> np.ndarray:
-    x = np.asarray(x)
-    check.integer_dtype(name, _dtype_name(x.dtype), np.issubdtype(x.dtype, np.integer))
-    return x
+    return arrays.integers(NUMPY, name, x)
 
 
 def _check_device(device: Any) -> None:
@@ -168,7 +155,7 @@ def chunked_mask(
 # masks from data
 
 
-def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any = None) -> Mask:
+def padding_mask(lengths: ArrayLike, max_len: int, *, side: str = "right", device: Any = None) -> Mask:
     """(B, max_len) validity: True at the lengths[b] real tokens of each sequence.
 
     side="right": tokens sit at positions 0 .. lengths[b] - 1 (padding after them);
@@ -188,7 +175,7 @@ def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any
     return position >= max_len - lengths[..., None].astype(np.int64)
 
 
-def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> Mask:
+def padding_mask_from_ids(ids: ArrayLike, pad_id: int, *, device: Any = None) -> Mask:
     """(B, L) validity from token ids: True where ids != pad_id."""
     _check_device(device)
     ids = _integers("ids", ids)
@@ -196,7 +183,7 @@ def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> Mask:
     return ids != pad_id
 
 
-def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = None) -> Mask:
+def attention_padding_mask(kv_valid: ArrayLike, q_valid: ArrayLike = None, *, device: Any = None) -> Mask:
     """Key padding as an attention mask: (B, 1, 1, S) = kv_valid[b, j].
 
     With q_valid (B, T) too, (B, 1, T, S) = q_valid[b, i] and kv_valid[b, j]: padded queries attend
@@ -215,7 +202,7 @@ def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = 
 
 
 def segment_mask(
-    q_segment_ids: Any, kv_segment_ids: Any = None, *, pad_id: int | None = None, device: Any = None
+    q_segment_ids: ArrayLike, kv_segment_ids: ArrayLike = None, *, pad_id: int | None = None, device: Any = None
 ) -> Mask:
     """(B, 1, T, S) block-diagonal mask for packed sequences: keep iff q_seg[b, i] == kv_seg[b, j].
 
@@ -236,7 +223,7 @@ def segment_mask(
 
 
 def prefix_lm_mask(
-    prefix_lengths: Any,
+    prefix_lengths: ArrayLike,
     q_len: int,
     kv_len: int | None = None,
     *,
@@ -260,153 +247,120 @@ def prefix_lm_mask(
     return in_prefix | (j <= i)[None, None]
 
 
-def and_masks(*masks: Any) -> Mask | None:
-    """Keep where every mask keeps (broadcasting); None arguments are skipped; all None gives None."""
-    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
-    if not present:
-        return None
-    return np.logical_and.reduce(np.broadcast_arrays(*present)) if len(present) > 1 else present[0]
+def and_masks(*masks: ArrayLike) -> Mask | None:
+    """Keep where every mask keeps (broadcasting); None arguments are skipped; all None gives None.
+
+    The masks must broadcast to one shape; the result has that shape.
+    """
+    return _convert.and_masks(NUMPY, *masks)
 
 
-def or_masks(*masks: Any) -> Mask | None:
-    """Keep where any mask keeps (broadcasting); None arguments are skipped; all None gives None."""
-    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
-    if not present:
-        return None
-    return np.logical_or.reduce(np.broadcast_arrays(*present)) if len(present) > 1 else present[0]
+def or_masks(*masks: ArrayLike) -> Mask | None:
+    """Keep where any mask keeps (broadcasting); None arguments are skipped; all None gives None.
+
+    The masks must broadcast to one shape; the result has that shape.
+    """
+    return _convert.or_masks(NUMPY, *masks)
 
 
 # ----------------------------------------------------------------------------------------------
 # converters between conventions
+#
+# Converters are not numerics: their flow is written once, in refmask/_convert.py, over each backend's
+# array operations; the definitions are the docstrings here.
 
 
-def _fill_value(fill: Any, dtype: np.dtype) -> Any:
-    """The masking value to_additive writes: finfo(dtype).min, -inf, or a negative finite number."""
-    if isinstance(check.additive_fill(fill), str):
-        return _finfo(dtype).min if fill == "min" else -np.inf
-    with np.errstate(over="ignore"):
-        rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
-    check.fill_stays_finite(fill, float(rounded), _dtype_name(dtype), _finfo(dtype).min)
-    return fill
-
-
-def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min") -> np.ndarray:
+def to_additive(mask: ArrayLike, dtype: Any = "float32", *, fill: Any = "min") -> np.ndarray:
     """Additive bias from a mask: 0 where kept, `fill` where masked, in `dtype`.
 
+    dtype: a floating dtype of any framework or its name ("float16", "bfloat16", "float32", "float64",
+    or "fp16", "half", "bf16", "fp32", "single", "fp64", "double"); "float" is refused as ambiguous
+    (float64 in NumPy, float32 in torch), and so is None. With jax without x64, "float64" makes float32
+    (JAX's convention) and the fill is checked in float32.
     fill="min": finfo(dtype).min, as Flax and Hugging Face; fill="-inf": as torch
-    `generate_square_subsequent_mask`; a negative number (e.g. -1e9, as many tutorials) is written
-    as is, and refused if it overflows to -inf in `dtype` (e.g. -1e9 in float16).
+    `generate_square_subsequent_mask`; a negative number (e.g. -1e9, as many tutorials) is rounded to
+    dtype once, and refused if it overflows to -inf there (e.g. -1e9 in float16).
     """
-    mask = _bool_mask("mask", mask)
-    dtype = _as_dtype(dtype)
-    fill_value = _fill_value(fill, dtype)
-    return np.where(mask, np.zeros((), dtype), np.asarray(fill_value).astype(dtype))
+    return _convert.to_additive(NUMPY, mask, dtype, fill=fill)
 
 
-def from_additive(bias: Any, *, threshold: Any = "min") -> Mask:
-    """Mask from an additive bias: keep where bias > threshold.
+def from_additive(bias: ArrayLike, *, threshold: Any = "min") -> Mask:
+    """Mask from an additive mask: keep where bias > threshold, and the bias must be a mask.
 
-    A bias value counts as masking when it is <= threshold. threshold="min" (default) means
-    finfo(bias.dtype).min, so exactly -inf and finfo.min count (the fills of to_additive, and
-    what Flax, Hugging Face and torch write; two stacked finfo.min fills give -inf and still
-    count). Pass the number a tutorial used (threshold=-1e9) to read such masks; a number is
+    A value counts as masking when it is <= threshold. threshold="min" (default) means
+    finfo(bias.dtype).min, so exactly -inf and finfo.min count (the fills of to_additive, and what
+    Flax, Hugging Face and torch write; two stacked finfo.min fills give -inf and still count). Pass
+    the number a tutorial used (threshold=-1e9) to read such masks; a number must be negative and is
     rounded to bias.dtype first, as to_additive writes it (fill=-1e4 is -9984 in bfloat16), so
-    from_additive(to_additive(m, dtype, fill=x), threshold=x) is m. NaN in the bias is refused:
-    it is neither kept nor masked.
+    from_additive(to_additive(m, dtype, fill=x), threshold=x) is m.
+    Every kept value must be exactly 0: a bias holding other values (ALiBi, a 1/0 multiplicative mask,
+    +inf) is not a mask and is refused (pass it as attention(..., bias=...), or convert a 1/0 mask with
+    from_multiplicative); NaN is refused, being neither kept nor masking.
     """
-    bias = _floating("bias", bias)
-    if np.isnan(bias).any():
-        raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
-    if isinstance(check.additive_threshold(threshold), str):
-        limit = _finfo(bias.dtype).min
-    else:
-        with np.errstate(over="ignore"):
-            limit = np.asarray(threshold, dtype=np.float64).astype(bias.dtype)
-    return bias > limit
+    return _convert.from_additive(NUMPY, bias, threshold=threshold)
+
+
+def from_multiplicative(mask: ArrayLike) -> Mask:
+    """Mask from a multiplicative (1/0) mask: keep where mask == 1.
+
+    For masks written as numbers with 1 = attend and 0 = masked, as Flax's make_attention_mask,
+    make_causal_mask and combine_masks return them (float32), of any broadcastable shape; the result
+    keeps that shape. Ints, floats and bools are accepted; any value other than 0 and 1 is refused.
+    """
+    return _convert.from_multiplicative(NUMPY, mask)
 
 
 def from_torch_mha(
-    attn_mask: Any = None, key_padding_mask: Any = None, *, num_heads: int | None = None, threshold: Any = "min"
+    attn_mask: ArrayLike = None,
+    key_padding_mask: ArrayLike = None,
+    *,
+    num_heads: int | None = None,
+    threshold: Any = "min",
 ) -> Mask | None:
     """Canonical mask from `nn.MultiheadAttention`'s attn_mask and key_padding_mask.
 
-    attn_mask: bool (True = NOT allowed) or float additive (masking values as from_additive, other
-    values must be 0: a real bias is not a mask), shape (T, S), or (N*H, T, S) / unbatched (H, T, S)
+    attn_mask: bool (True = NOT allowed) or float additive (read as from_additive, so every non-masking
+    value must be 0: a real bias is not a mask), shape (T, S), or (N*H, T, S) / unbatched (H, T, S)
     with num_heads=H, returned as (N, H, T, S).
     key_padding_mask: (N, S) bool (True = ignore this key) or float additive, returned as (N, 1, 1, S);
     unbatched (S,) is returned as (1, S).
     Both: their and. Neither: None (attend everywhere).
     """
-    keep = None
-    if attn_mask is not None:
-        keep = _mha_keep("attn_mask", attn_mask, threshold)
-        heads = check.mha_attn_mask_heads(keep.shape, num_heads)
-        if heads is not None:
-            keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
-    if key_padding_mask is not None:
-        kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
-        check.mha_key_padding_mask(kp.shape)
-        kp = kp[None, :] if kp.ndim == 1 else kp[:, None, None, :]
-        keep = kp if keep is None else and_masks(keep, kp)
-    return keep
-
-
-def _mha_keep(name: str, m: Any, threshold: Any) -> np.ndarray:
-    """torch MHA masks: bool True = masked; float = additive bias that may only hold 0 or masking values."""
-    m = np.asarray(m)
-    if m.dtype == np.bool_:
-        return ~m
-    if not _is_floating(m.dtype):
-        raise TypeError(f"{name} must be bool (True = masked) or a float additive mask; got dtype {m.dtype}")
-    keep = from_additive(m, threshold=threshold)
-    if np.any(m[keep] != 0):
-        raise ValueError(
-            f"{name} holds additive values other than 0 and masking values: that is a bias, not a "
-            "mask; pass it as attention(..., bias=...)"
-        )
-    return keep
+    return _convert.from_torch_mha(
+        NUMPY, attn_mask, key_padding_mask, num_heads=num_heads, threshold=threshold
+    )
 
 
 def to_torch_mha(
-    mask: Any, *, num_heads: int | None = None, q_len: int | None = None
+    mask: ArrayLike, *, num_heads: int | None = None, q_len: int | None = None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(attn_mask, key_padding_mask) for `nn.MultiheadAttention`, both bool with True = NOT allowed.
 
     (T, S) -> (attn_mask (T, S), None); (B, 1, 1, S) -> (None, key_padding_mask (B, S));
     any other (B, H', T', S) -> (attn_mask (B*num_heads, T, S), None), broadcasting H' = 1 to
-    num_heads and T' = 1 to q_len.
+    num_heads and T' = 1 to q_len. A 2-D mask is read as (T, S): a (B, S) key-padding array is
+    refused when q_len shows it cannot be (T, S) (build (B, 1, 1, S) with attention_padding_mask);
+    when B == T shapes alone cannot tell them apart.
     """
-    keep = _bool_mask("mask", mask)
-    argument, full, final = check.torch_mha_form(tuple(keep.shape), num_heads, q_len)
-    if argument == "key_padding_mask":
-        return None, ~keep.reshape(final)
-    return ~np.broadcast_to(keep, full).reshape(final), None
+    return _convert.to_torch_mha(NUMPY, mask, num_heads=num_heads, q_len=q_len)
 
 
-def from_hf(attention_mask: Any) -> Mask:
+def from_hf(attention_mask: ArrayLike) -> Mask:
     """Hugging Face 2-D attention_mask (B, S), 1 = real token and 0 = padding, to (B, 1, 1, S) keys.
 
-    This is the one place where 0/1 numbers are read as a mask, because Hugging Face fixes their
-    meaning; any value other than 0 and 1 is refused.
+    One of the two places where 0/1 numbers are read as a mask (with from_multiplicative), because
+    Hugging Face fixes their meaning; any value other than 0 and 1 is refused.
     """
-    m = np.asarray(attention_mask)
-    check.ndim("attention_mask", m.shape, 2, "(B, S)")
-    if m.dtype != np.bool_:
-        if not (np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.floating)):
-            raise TypeError(f"attention_mask must hold 0/1 numbers or bools; got dtype {m.dtype}")
-        bad = ~np.isin(m, (0, 1))
-        if bad.any():
-            raise ValueError(
-                f"attention_mask must hold only 1 (attend) and 0 (padding); got {m[bad].ravel()[0]!r}"
-            )
-    return (m == 1)[:, None, None, :]
+    return _convert.from_hf(NUMPY, attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------
 # masked softmax and attention
 
 
-def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> np.ndarray:
+def masked_softmax(
+    scores: ArrayLike, mask: ArrayLike = None, *, axis: int = -1, fully_masked: str = "zero"
+) -> np.ndarray:
     """Softmax of `scores` along `axis` over the kept entries only.
 
     For a row with kept set K (mask True): w[j] = exp(x[j] - m) / sum_{k in K} exp(x[k] - m) for j in
@@ -450,7 +404,7 @@ def _softmax_kept(x: np.ndarray, keep: np.ndarray, axis: int, fully_masked: str)
         # not (a kept NaN, +inf or all kept -inf) the whole row is NaN, as the definition says.
         np.exp(x, out=x)
         x /= x.sum(axis=axis, keepdims=True)
-    fully_masked_value = {"zero": 0.0, "uniform": 1.0 / max(x.shape[axis], 1), "nan": np.nan}[fully_masked]
+    fully_masked_value = arrays.fully_masked_value(fully_masked, x.shape[axis])
     np.copyto(x, fully_masked_value, where=~any_kept)
     return x
 
@@ -479,11 +433,6 @@ def masked_softmax_vjp(
     return np.where(keep, grad, 0.0).astype(scores.dtype)
 
 
-def _default_scale(head_dim: int) -> float:
-    # An empty dot product (D = 0) is 0 whatever the scale; 1.0 keeps it from being 0 * inf.
-    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
-
-
 def _repeat_kv_heads(k: np.ndarray, num_q_heads: int) -> np.ndarray:
     """Grouped-query attention: query head h reads key/value head h // (H // H_kv)."""
     if k.ndim < 3 or k.shape[-3] == num_q_heads:
@@ -492,15 +441,19 @@ def _repeat_kv_heads(k: np.ndarray, num_q_heads: int) -> np.ndarray:
 
 
 def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[np.ndarray, ...]:
-    arrays = [_floating("q", q), _floating("k", k)] + ([] if v is None else [_floating("v", v)])
-    names = ["q", "k", "v"][: len(arrays)]
-    check.same_dtype(names, [_dtype_name(a.dtype) for a in arrays])
-    return tuple(arrays)
+    named = {"q": q, "k": k} if v is None else {"q": q, "k": k, "v": v}
+    return tuple(arrays.attention_inputs(NUMPY, named))
+
+
+def _checked_bias_and_mask(
+    bias: Any, mask: Any, scores_shape: tuple[int, ...]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    return arrays.checked_bias(NUMPY, bias, scores_shape), arrays.checked_mask(NUMPY, mask, scores_shape)
 
 
 def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float | None) -> np.ndarray:
     """float64 scores scale * q @ k^T + bias, (..., H, T, S)."""
-    scale = _default_scale(q.shape[-1]) if scale is None else float(scale)
+    scale = arrays.scale(scale, q.shape[-1])
     k = _repeat_kv_heads(k, q.shape[-3]) if q.ndim >= 3 else k
     s = np.matmul(q.astype(np.float64, copy=False), np.swapaxes(k.astype(np.float64, copy=False), -1, -2))
     s *= scale
@@ -509,20 +462,14 @@ def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float | None) -> np.
     return s
 
 
-def _checked_bias_and_mask(
-    bias: Any, mask: Any, scores_shape: tuple[int, ...]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    if bias is not None:
-        bias = _floating("bias", bias)
-        check.broadcasts_to("bias", bias.shape, scores_shape)
-    if mask is not None:
-        mask = _bool_mask("mask", mask)
-        check.broadcasts_to("mask", mask.shape, scores_shape)
-    return bias, mask
-
-
 def attention_weights(
-    q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
+    q: ArrayLike,
+    k: ArrayLike,
+    mask: ArrayLike = None,
+    *,
+    bias: ArrayLike = None,
+    scale: float | None = None,
+    fully_masked: str = "zero",
 ) -> np.ndarray:
     """Attention weights masked_softmax(scale * q @ k^T + bias, mask), (..., H, T, S).
 
@@ -539,12 +486,12 @@ def attention_weights(
 
 
 def attention(
-    q: Any,
-    k: Any,
-    v: Any,
-    mask: Any = None,
+    q: ArrayLike,
+    k: ArrayLike,
+    v: ArrayLike,
+    mask: ArrayLike = None,
     *,
-    bias: Any = None,
+    bias: ArrayLike = None,
     scale: float | None = None,
     is_causal: bool = False,
     fully_masked: str = "zero",
@@ -573,7 +520,7 @@ def attention(
         w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, 0, t)
         return (w @ vv).astype(q.dtype), w.astype(q.dtype)
     rows = max(1, _ATTENTION_BLOCK_ELEMENTS // max(1, math.prod(shape[:-2]) * s))
-    out = np.empty(q.shape[:-1] + (vv.shape[-1],), dtype=q.dtype)
+    out = np.empty((*q.shape[:-1], vv.shape[-1]), dtype=q.dtype)
     for start in range(0, t, rows):
         stop = min(start + rows, t)
         # The weights stay unnamed, so they are freed before the next block's are made.
@@ -592,8 +539,11 @@ def _query_rows(a: np.ndarray | None, start: int, stop: int) -> np.ndarray | Non
 def _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop) -> np.ndarray:
     """float64 weights of query rows start:stop."""
     q_rows = q[..., start:stop, :]
-    block_shape = shape[:-2] + (stop - start, shape[-1])
+    block_shape = (*shape[:-2], stop - start, shape[-1])
     keep = _query_rows(mask, start, stop)
     keep = np.broadcast_to(np.ones((), bool) if keep is None else keep, block_shape)
     scores = _scores(q_rows, k, _query_rows(bias, start, stop), scale)
     return _softmax_kept(scores, keep, -1, fully_masked)
+
+
+_backends.loaded(__name__)  # last: the registry hands this module out only once it is complete

@@ -18,8 +18,13 @@ from typing import Any
 
 import torch
 
+import refmask
+
+from . import _arrays as arrays
+from . import _dtypes
 from . import _validate as check
 from .backends import torch as _tb
+from .backends._torch_ops import TORCH as OPS
 
 __all__ = ["MaskMod", "mask_mod", "scaled_dot_product_attention"]
 
@@ -57,7 +62,7 @@ def scaled_dot_product_attention(
     bfloat16 scores, softmax and the product with value run in float32 and are rounded once.
     On rows that are not fully masked the result equals SDPA's up to rounding.
     """
-    q, k, v = _tb._attention_inputs(("query", query), ("key", key), ("value", value))
+    q, k, v = arrays.attention_inputs(OPS, {"query": query, "key": key, "value": value}, {"attn_mask": attn_mask})
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     shape = check.attention_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
     if not enable_gqa and q.ndim >= 3 and k.shape[-3] not in (q.shape[-3], 1):
@@ -69,23 +74,31 @@ def scaled_dot_product_attention(
         raise ValueError(f"dropout_p must be a number in [0, 1]; got {dropout_p!r}")
     keep, bias = None, None
     if attn_mask is not None:
-        attn_mask = _tb._tensor(attn_mask, q.device)
+        attn_mask = arrays.array(OPS, "attn_mask", attn_mask, q.device)
         check.broadcasts_to("attn_mask", tuple(attn_mask.shape), shape)
-        if attn_mask.dtype == torch.bool:
+        dtype = OPS.dtype_name(attn_mask)
+        if dtype == "bool":
             keep = attn_mask
-        elif attn_mask.dtype in _tb._FLOATING:
+        elif _dtypes.is_floating(dtype):
             bias = attn_mask
             # NaN stays kept (and poisons its row, as in SDPA); -inf and finfo.min mask.
-            keep = ~(attn_mask <= torch.finfo(attn_mask.dtype).min)
+            keep = ~(attn_mask <= _dtypes.lowest(dtype))
         else:
-            raise TypeError(
-                "attn_mask must be bool (True = attend) or a float additive mask; "
-                f"got dtype {_tb._name(attn_mask.dtype)}"
-            )
+            raise TypeError(f"attn_mask must be bool (True = attend) or a float additive mask; got dtype {dtype}")
+    options = {"bias": bias, "scale": scale, "fully_masked": fully_masked, "backend": "torch"}
+    if dropout_p == 0:
+        return refmask.attention(q, k, v, keep, is_causal=bool(is_causal), **options)
     if is_causal:
-        causal = _tb.causal_mask(shape[-2], shape[-1], device=q.device)
-        keep = causal if keep is None else keep & causal
-    return _tb._attend(q, k, v, keep, bias, scale, fully_masked, False, dropout_p=float(dropout_p))
+        keep = refmask.and_masks(keep, refmask.causal_mask(shape[-2], shape[-1], device=q.device))
+    weights = refmask.attention_weights(q, k, keep, **options)
+    dropped = torch.nn.functional.dropout(weights, float(dropout_p), training=True)
+    if v.ndim >= 3 and v.shape[-3] != q.shape[-3]:
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)  # grouped-query: head h reads h // G
+    return torch.matmul(dropped.to(_compute(q.dtype)), v.to(_compute(q.dtype))).to(q.dtype)
+
+
+def _compute(dtype: torch.dtype) -> torch.dtype:
+    return getattr(torch, _dtypes.compute_dtype(_dtypes.name_of(dtype)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -69,22 +69,31 @@ def test_to_additive_keeps_the_mask_shape():
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_from_additive_default_counts_only_finfo_min_and_minus_inf(dtype):
     d = numpy_dtype(dtype)
-    values = np.array([0.0, 3.0, -1.0, -1e4, MOST_NEGATIVE[dtype], -np.inf]).astype(d)
-    expected = [True, True, True, True, False, False]
-    np.testing.assert_array_equal(refmask.from_additive(values), expected)
+    values = np.array([0.0, MOST_NEGATIVE[dtype], 0.0, -np.inf]).astype(d)
+    np.testing.assert_array_equal(refmask.from_additive(values), [True, False, True, False])
 
 
-def test_from_additive_two_stacked_min_fills_still_count():
-    with np.errstate(over="ignore"):
-        stacked = refmask.to_additive(CAUSAL_2, "float32") + refmask.to_additive(CAUSAL_2, "float32")
-    assert stacked[0, 1] == -np.inf
-    np.testing.assert_array_equal(refmask.from_additive(stacked), CAUSAL_2)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("value", [3.0, -1.0, -1e4, 1.0, np.inf])
+def test_from_additive_refuses_values_that_are_neither_kept_nor_masking(dtype, value):
+    # A bias (ALiBi), a 1/0 multiplicative mask or an unexpected fill is not an additive mask.
+    values = np.array([0.0, value, MOST_NEGATIVE[dtype]]).astype(numpy_dtype(dtype))
+    with pytest.raises(ValueError, match="neither 0 .kept. nor a masking value|contains \\+inf"):
+        refmask.from_additive(values)
+
+
+def test_from_additive_refuses_a_flax_one_zero_mask_and_names_the_converter():
+    flax_mask = np.array([[1.0, 1.0, 0.0]], np.float32)
+    with pytest.raises(ValueError, match="from_multiplicative"):
+        refmask.from_additive(flax_mask)
+    np.testing.assert_array_equal(refmask.from_multiplicative(flax_mask), [[True, True, False]])
 
 
 def test_from_additive_threshold_reads_tutorial_masks():
-    bias = np.array([0.0, -1.0, -1e9, -2e9, -np.inf], np.float32)
-    np.testing.assert_array_equal(refmask.from_additive(bias), [True, True, True, True, False])
-    np.testing.assert_array_equal(refmask.from_additive(bias, threshold=-1e9), [True, True, False, False, False])
+    bias = np.array([0.0, -1e9, -2e9, -np.inf], np.float32)
+    with pytest.raises(ValueError, match="pass threshold=-1000000000.0"):
+        refmask.from_additive(bias)
+    np.testing.assert_array_equal(refmask.from_additive(bias, threshold=-1e9), [True, False, False, False])
 
 
 def test_from_additive_threshold_is_rounded_like_the_fill():

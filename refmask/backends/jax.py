@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import math
 import numbers
 from typing import Any
 
@@ -33,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import _arrays as arrays
+from .. import _backends, _dtypes
 from .. import _validate as check
-
-_FLOAT_NAMES = ("float16", "bfloat16", "float32", "float64")
-_LOW_PRECISION = ("float16", "bfloat16")
+from ._jax_ops import JAX as OPS  # the array operations refmask's shared code runs on, for this backend
 
 # How many times each jitted entry point has been traced (Python side effect of tracing; tests read it).
 TRACE_COUNTS: collections.Counter[str] = collections.Counter()
@@ -57,12 +56,12 @@ def from_numpy(x: Any) -> jax.Array:
 
 
 def _asarray(x: Any) -> jax.Array:
-    return x if isinstance(x, jax.Array) else jnp.asarray(x)
+    return OPS.asarray(x)
 
 
 def _is_concrete(x: Any) -> bool:
     """True when x's values are known now (not a tracer inside jit/vmap/grad)."""
-    return not isinstance(x, jax.core.Tracer)
+    return OPS.concrete(x)
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -70,38 +69,20 @@ def _dtype_name(dtype: Any) -> str:
 
 
 def _floating(name: str, x: Any) -> jax.Array:
-    x = _asarray(x)
-    check.float_dtype(name, _dtype_name(x.dtype), _dtype_name(x.dtype) in _FLOAT_NAMES)
-    return x
+    return arrays.floating(OPS, name, x)
 
 
 def _bool_mask(name: str, mask: Any) -> jax.Array:
-    mask = _asarray(mask)
-    check.bool_mask(name, _dtype_name(mask.dtype), mask.dtype == jnp.bool_)
-    return mask
+    return arrays.bool_mask(OPS, name, mask)
 
 
 def _integers(name: str, x: Any) -> jax.Array:
-    x = _asarray(x)
-    check.integer_dtype(name, _dtype_name(x.dtype), jnp.issubdtype(x.dtype, jnp.integer))
-    return x
-
-
-def _as_dtype(dtype: Any) -> np.dtype:
-    """A floating dtype from a name, NumPy dtype or jnp scalar type."""
-    if isinstance(dtype, str) and dtype == "bfloat16":
-        return np.dtype(jnp.bfloat16)
-    try:
-        out = np.dtype(dtype)
-    except TypeError as err:
-        raise TypeError(f"dtype must be a floating dtype or its name; got {dtype!r}") from err
-    check.float_dtype("dtype", out.name, out.name in _FLOAT_NAMES)
-    return out
+    return arrays.integers(OPS, name, x)
 
 
 def _compute_dtype(dtype: Any) -> Any:
     """float16/bfloat16 accumulate in float32; float32 and float64 compute in themselves."""
-    return jnp.float32 if _dtype_name(dtype) in _LOW_PRECISION else dtype
+    return _dtypes.numpy_dtype(_dtypes.compute_dtype(_dtype_name(dtype)))
 
 
 def _compensate(dtype: Any) -> bool:
@@ -205,10 +186,7 @@ def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any
     if lengths.size and _is_concrete(lengths):
         check.lengths_in_range("lengths", int(jnp.min(lengths)), int(jnp.max(lengths)), max_len)
     position = jnp.arange(max_len, dtype=lengths.dtype)
-    if side == "right":
-        keep = position < lengths[..., None]
-    else:
-        keep = position >= max_len - lengths[..., None]
+    keep = position < lengths[..., None] if side == "right" else position >= max_len - lengths[..., None]
     return _place(keep, device)
 
 
@@ -265,117 +243,8 @@ def prefix_lm_mask(
     return _place(in_prefix | causal, device)
 
 
-def _combine(op: Any, masks: tuple[Any, ...]) -> jax.Array | None:
-    present = [_bool_mask(f"masks[{n}]", m) for n, m in enumerate(masks) if m is not None]
-    if not present:
-        return None
-    return functools.reduce(op, present)
-
-
-def and_masks(*masks: Any) -> jax.Array | None:
-    return _combine(jnp.logical_and, masks)
-
-
-def or_masks(*masks: Any) -> jax.Array | None:
-    return _combine(jnp.logical_or, masks)
-
-
 # ----------------------------------------------------------------------------------------------
 # converters between conventions
-
-
-def _finfo(dtype: Any) -> Any:
-    return jnp.finfo(dtype)
-
-
-def _fill_value(fill: Any, dtype: np.dtype) -> Any:
-    """finfo(dtype).min, -inf, or a negative number that stays finite in dtype (same errors as the oracle)."""
-    if isinstance(check.additive_fill(fill), str):
-        return _finfo(dtype).min if fill == "min" else -np.inf
-    with np.errstate(over="ignore"):
-        rounded = np.asarray(fill, dtype=np.float64).astype(dtype)
-    check.fill_stays_finite(fill, float(rounded), _dtype_name(dtype), _finfo(dtype).min)
-    return fill
-
-
-def to_additive(mask: Any, dtype: Any = "float32", *, fill: Any = "min") -> jax.Array:
-    mask = _bool_mask("mask", mask)
-    dtype = _as_dtype(dtype)
-    fill_value = np.asarray(_fill_value(fill, dtype), dtype=np.float64).astype(dtype)
-    return jnp.where(mask, jnp.zeros((), dtype), jnp.asarray(fill_value, dtype))
-
-
-def from_additive(bias: Any, *, threshold: Any = "min") -> jax.Array:
-    bias = _floating("bias", bias)
-    if _is_concrete(bias) and bool(jnp.isnan(bias).any()):
-        raise ValueError("bias contains NaN, which is neither a kept (0) nor a masking value")
-    if isinstance(check.additive_threshold(threshold), str):
-        limit = _finfo(bias.dtype).min
-    else:
-        # Rounded to the bias dtype, as to_additive writes a numeric fill (-1e4 is -9984 in bfloat16).
-        with np.errstate(over="ignore"):
-            limit = np.asarray(threshold, dtype=np.float64).astype(bias.dtype)
-    return bias > limit
-
-
-def _mha_keep(name: str, m: Any, threshold: Any) -> jax.Array:
-    """torch MHA masks: bool True = masked; float = additive bias that may only hold 0 or masking values."""
-    m = _asarray(m)
-    if m.dtype == jnp.bool_:
-        return ~m
-    if _dtype_name(m.dtype) not in _FLOAT_NAMES:
-        raise TypeError(f"{name} must be bool (True = masked) or a float additive mask; got dtype {m.dtype}")
-    keep = from_additive(m, threshold=threshold)
-    if _is_concrete(m) and bool(jnp.any(jnp.where(keep, m, 0) != 0)):
-        raise ValueError(
-            f"{name} holds additive values other than 0 and masking values: that is a bias, not a "
-            "mask; pass it as attention(..., bias=...)"
-        )
-    return keep
-
-
-def from_torch_mha(
-    attn_mask: Any = None, key_padding_mask: Any = None, *, num_heads: int | None = None, threshold: Any = "min"
-) -> jax.Array | None:
-    keep = None
-    if attn_mask is not None:
-        keep = _mha_keep("attn_mask", attn_mask, threshold)
-        heads = check.mha_attn_mask_heads(keep.shape, num_heads)
-        if heads is not None:
-            keep = keep.reshape(keep.shape[0] // heads, heads, *keep.shape[1:])  # not -1: T or S may be 0
-    if key_padding_mask is not None:
-        kp = _mha_keep("key_padding_mask", key_padding_mask, threshold)
-        check.mha_key_padding_mask(kp.shape)
-        kp = kp[None, :] if kp.ndim == 1 else kp[:, None, None, :]
-        keep = kp if keep is None else keep & kp
-    return keep
-
-
-def to_torch_mha(
-    mask: Any, *, num_heads: int | None = None, q_len: int | None = None
-) -> tuple[jax.Array | None, jax.Array | None]:
-    keep = _bool_mask("mask", mask)
-    argument, full, final = check.torch_mha_form(tuple(keep.shape), num_heads, q_len)
-    if argument == "key_padding_mask":
-        return None, ~keep.reshape(final)
-    return ~jnp.broadcast_to(keep, full).reshape(final), None
-
-
-def from_hf(attention_mask: Any) -> jax.Array:
-    m = _asarray(attention_mask)
-    check.ndim("attention_mask", m.shape, 2, "(B, S)")
-    if m.dtype != jnp.bool_:
-        name = _dtype_name(m.dtype)
-        if not (jnp.issubdtype(m.dtype, jnp.integer) or name in ("float16", "float32", "float64")):
-            raise TypeError(f"attention_mask must hold 0/1 numbers or bools; got dtype {m.dtype}")
-        if _is_concrete(m):
-            bad = ~((m == 0) | (m == 1))
-            if bool(bad.any()):
-                first = np.asarray(m)[np.asarray(bad)].ravel()[0]
-                raise ValueError(
-                    f"attention_mask must hold only 1 (attend) and 0 (padding); got {first!r}"
-                )
-    return (m == 1)[:, None, None, :]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +316,7 @@ def _softmax_core(
     w = e / jnp.sum(e, axis=axis, keepdims=True)
     if keep is None:
         return w
-    fill = {"zero": 0.0, "uniform": 1.0 / max(n, 1), "nan": jnp.nan}[fully_masked]
+    fill = arrays.fully_masked_value(fully_masked, n)
     return jnp.where(_any_kept(keep, axis), w, jnp.asarray(fill, w.dtype))
 
 
@@ -483,11 +352,6 @@ def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_maske
 
 # ----------------------------------------------------------------------------------------------
 # attention
-
-
-def _default_scale(head_dim: int) -> float:
-    # An empty dot product (D = 0) is 0 whatever the scale; 1.0 keeps it from being 0 * inf.
-    return 1.0 / math.sqrt(head_dim) if head_dim > 0 else 1.0
 
 
 def _grouped(a: jax.Array, kv_heads: int) -> jax.Array:
@@ -541,26 +405,17 @@ _attention_weights_jit = jax.jit(_attention_weights_impl, static_argnames=("full
 
 
 def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[jax.Array, ...]:
-    arrays = [_floating("q", q), _floating("k", k)] + ([] if v is None else [_floating("v", v)])
-    names = ["q", "k", "v"][: len(arrays)]
-    check.same_dtype(names, [_dtype_name(a.dtype) for a in arrays])
-    return tuple(arrays)
+    named = {"q": q, "k": k} if v is None else {"q": q, "k": k, "v": v}
+    return tuple(arrays.attention_inputs(OPS, named))
 
 
 def _checked_bias_and_mask(bias: Any, mask: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
-    if bias is not None:
-        bias = _floating("bias", bias)
-        check.broadcasts_to("bias", bias.shape, shape)
-    if mask is not None:
-        mask = _bool_mask("mask", mask)
-        check.broadcasts_to("mask", mask.shape, shape)
-    return bias, mask
+    return arrays.checked_bias(OPS, bias, shape), arrays.checked_mask(OPS, mask, shape)
 
 
 def _scale(scale: Any, head_dim: int, dtype: Any) -> jax.Array:
     """A scalar of the compute dtype, passed to jit as data, so a new scale does not recompile."""
-    value = _default_scale(head_dim) if scale is None else scale
-    return jnp.asarray(value, dtype=_compute_dtype(dtype))
+    return jnp.asarray(arrays.scale(scale, head_dim), dtype=_compute_dtype(dtype))
 
 
 def attention_weights(
@@ -600,3 +455,6 @@ def attention(
         is_causal=bool(is_causal),
         return_weights=bool(return_weights),
     )
+
+
+_backends.loaded(__name__)  # last: the registry hands this module out only once it is complete

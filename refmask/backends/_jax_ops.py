@@ -1,0 +1,48 @@
+"""The jax table of array operations (refmask._arrays.ArrayOps) that refmask's shared code runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .. import _dtypes
+
+
+class JaxOps:
+    name = "jax"
+
+    def asarray(self, x: Any, device: Any = None) -> Any:
+        # Without jax_enable_x64, a float64 (int64) NumPy array becomes float32 (int32): JAX's convention,
+        # followed here; every later check reads the dtype of the array this returns.
+        return x if isinstance(x, jax.Array) else jnp.asarray(x)
+
+    def device_of(self, named: dict[str, Any]) -> Any:
+        return None
+
+    def dtype_name(self, x: Any) -> str:
+        return np.dtype(x.dtype).name
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def concrete(self, *xs: Any) -> bool:
+        return not any(isinstance(x, jax.core.Tracer) for x in xs)
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        return np.asarray(x)
+
+    def produced_dtype(self, name: str) -> str:
+        return np.dtype(jax.dtypes.canonicalize_dtype(_dtypes.numpy_dtype(name))).name
+
+    def where(self, cond: Any, kept: float, masked: float, dtype: str) -> Any:
+        dt = _dtypes.numpy_dtype(dtype)
+        return jnp.where(cond, jnp.asarray(kept, dt), jnp.asarray(masked, dt))
+
+    def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any:
+        return jnp.broadcast_to(x, shape)
+
+
+JAX = JaxOps()

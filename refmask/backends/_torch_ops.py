@@ -1,0 +1,87 @@
+"""The torch table of array operations (refmask._arrays.ArrayOps) that refmask's shared code runs on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def to_numpy(x: Any) -> np.ndarray[Any, Any]:
+    """A NumPy array holding the same values; bfloat16 becomes ml_dtypes.bfloat16 bit for bit."""
+    if not isinstance(x, torch.Tensor):
+        return np.asarray(x)
+    x = x.detach().resolve_conj().resolve_neg().cpu()
+    if x.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return x.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return x.numpy()
+
+
+def from_numpy(a: np.ndarray[Any, Any]) -> torch.Tensor:
+    """A CPU tensor with a's values and dtype (ml_dtypes.bfloat16 -> torch.bfloat16, bit for bit)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(np.array(a, copy=True, order="C").view(np.int16)).view(torch.bfloat16)
+    if not (a.flags.writeable and a.flags.c_contiguous) or a.dtype.byteorder == ">":
+        a = np.array(a, dtype=a.dtype.newbyteorder("=") if a.dtype.byteorder == ">" else a.dtype, order="C")
+    return torch.from_numpy(a)
+
+
+def tracing(*xs: Any) -> bool:
+    """True under torch.compile or when a tensor is wrapped by a torch.func transform (vmap, grad):
+    then values may not be read on the host (no .item(), no data-dependent checks)."""
+    if torch.compiler.is_compiling():
+        return True
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(isinstance(x, torch.Tensor) and wrapped(x) for x in xs)
+
+
+class TorchOps:
+    name = "torch"
+
+    def asarray(self, x: Any, device: Any = None) -> Any:
+        """Tensors stay where they are unless `device` is given; NumPy arrays and lists go to `device`, or to
+        torch's default device."""
+        if not isinstance(x, torch.Tensor):
+            x = from_numpy(np.asarray(x))
+            if device is None:
+                device = torch.get_default_device()
+        if device is not None and x.device != torch.device(device):
+            x = x.to(device)
+        return x
+
+    def device_of(self, named: dict[str, Any]) -> Any:
+        found = {n: x.device for n, x in named.items() if isinstance(x, torch.Tensor)}
+        devices = set(found.values())
+        if len(devices) > 1:
+            got = ", ".join(f"{n} on {d}" for n, d in found.items())
+            raise ValueError(f"tensors of one call must be on one device; got {got}: move them with .to(device)")
+        return devices.pop() if devices else None
+
+    def dtype_name(self, x: Any) -> str:
+        return str(x.dtype).removeprefix("torch.")
+
+    def shape(self, x: Any) -> tuple[int, ...]:
+        return tuple(x.shape)
+
+    def concrete(self, *xs: Any) -> bool:
+        return not tracing(*xs) and not any(isinstance(x, torch.Tensor) and x.device.type == "meta" for x in xs)
+
+    def to_numpy(self, x: Any) -> np.ndarray[Any, Any]:
+        return to_numpy(x)
+
+    def produced_dtype(self, name: str) -> str:
+        return name
+
+    def where(self, cond: Any, kept: float, masked: float, dtype: str) -> Any:
+        # Both values are exact in `dtype` (rounded there once), so torch's own conversion cannot round again.
+        out = torch.full(tuple(cond.shape), masked, dtype=getattr(torch, dtype), device=cond.device)
+        return out.masked_fill_(cond, kept)
+
+    def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any:
+        return x.expand(shape)
+
+
+TORCH = TorchOps()
