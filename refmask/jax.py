@@ -28,7 +28,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .backends import jax as _backend
+import refmask
+
+from . import _arrays as arrays
+from . import _validate as check
+from .backends._jax_ops import JAX as OPS
 
 __all__ = ["dot_product_attention"]
 
@@ -111,7 +115,9 @@ def dot_product_attention(
             f"refmask.jax.dot_product_attention does not support custom products ({', '.join(given)}); "
             "use flax.linen.dot_product_attention for quantized or custom einsums"
         )
-    query, key, value = _promote(query, key, value, dtype, promote_dtype)
+    named = {"query": query, "key": key, "value": value}
+    query, key, value = _promote(*arrays.attention_inputs(OPS, named), dtype, promote_dtype)
+    _check_flax_layout(query.shape, key.shape, value.shape)
     q, k, v = (_flax_layout_to_refmask(x) for x in (query, key, value))
     if mask is not None:
         mask = jnp.asarray(mask)
@@ -121,42 +127,44 @@ def dot_product_attention(
     # finfo.min bias next to float16 queries does not overflow to -inf.
     dropout = not deterministic and dropout_rate > 0.0
     if not dropout and module is None:
-        out = _backend.attention(q, k, v, mask, bias=bias, is_causal=is_causal, fully_masked=fully_masked)
+        out = refmask.attention(
+            q, k, v, mask, bias=bias, is_causal=is_causal, fully_masked=fully_masked, backend="jax"
+        )
         return _flax_layout_to_refmask(out)
-    weights = _backend.attention_weights(
-        q, k, _causal(mask, q, k) if is_causal else mask, bias=bias, fully_masked=fully_masked
-    )
+    if is_causal:
+        mask = refmask.and_masks(mask, refmask.causal_mask(q.shape[-2], k.shape[-2], backend="jax"))
+    weights = refmask.attention_weights(q, k, mask, bias=bias, fully_masked=fully_masked, backend="jax")
     if module is not None:
         _sow(module, weights)
     if dropout:
         if dropout_rng is None:
             raise ValueError("dropout_rate > 0 with deterministic=False needs a dropout_rng")
         keep_prob = 1.0 - dropout_rate
-        if broadcast_dropout:
-            shape = (1,) * (weights.ndim - 2) + weights.shape[-2:]
-        else:
-            shape = weights.shape
+        shape = (1,) * (weights.ndim - 2) + weights.shape[-2:] if broadcast_dropout else weights.shape
         keep = jax.random.bernoulli(dropout_rng, keep_prob, shape)
         weights = weights * (keep.astype(weights.dtype) / jnp.asarray(keep_prob, dtype=weights.dtype))
     out = _weighted_values(weights, v)
     return _flax_layout_to_refmask(out)
 
 
-def _causal(mask: Any, q: jax.Array, k: jax.Array) -> jax.Array:
-    causal = _backend.causal_mask(q.shape[-2], k.shape[-2])
-    return causal if mask is None else mask & causal
+def _check_flax_layout(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...]) -> None:
+    layout = (
+        "refmask.jax.dot_product_attention takes Flax's layout: query (batch..., q_length, num_heads, depth), "
+        "key (batch..., kv_length, num_kv_heads, depth), value (batch..., kv_length, num_kv_heads, v_depth) "
+        "(refmask.attention takes (..., heads, length, depth))"
+    )
+    if min(len(q), len(k), len(v)) < 3:
+        raise ValueError(f"{layout}; got shapes {tuple(q)}, {tuple(k)}, {tuple(v)}: at least 3 dimensions each")
+    try:
+        check.attention_shapes(*((*x[:-3], x[-2], x[-3], x[-1]) for x in (q, k, v)))
+    except ValueError as err:
+        raise ValueError(f"{layout}; got shapes {tuple(q)}, {tuple(k)}, {tuple(v)}: {err}") from None
 
 
 def _weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
     """weights (..., H, T, S) @ v (..., H_kv, S, Dv), float32 accumulation, weights' dtype out."""
-    heads, kv_heads = weights.shape[-3], v.shape[-3]
+    if v.shape[-3] != weights.shape[-3]:
+        v = jnp.repeat(v, weights.shape[-3] // v.shape[-3], axis=-3)  # grouped-query: head h reads h // G
     acc = jnp.promote_types(weights.dtype, jnp.float32)
-    if kv_heads != heads:
-        grouped = weights.reshape(*weights.shape[:-3], kv_heads, heads // kv_heads, *weights.shape[-2:])
-        out = jnp.einsum("...hgts,...hsd->...hgtd", grouped, v, precision=jax.lax.Precision.HIGHEST,
-                         preferred_element_type=acc)
-        out = out.reshape(*weights.shape[:-1], v.shape[-1])
-    else:
-        out = jnp.einsum("...ts,...sd->...td", weights, v, precision=jax.lax.Precision.HIGHEST,
-                         preferred_element_type=acc)
+    out = jnp.matmul(weights, v, precision=jax.lax.Precision.HIGHEST, preferred_element_type=acc)
     return out.astype(weights.dtype)
