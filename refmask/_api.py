@@ -85,3 +85,72 @@ def _generate(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 for _name in PUBLIC:
     globals()[_name] = _generate(getattr(oracle, _name))
+
+
+# ----------------------------------------------------------------------------------------------
+# the typing stub (refmask/_api.pyi), generated from the same signatures
+
+_ARRAY_TYPES = {"torch": "torch.Tensor", "jax": "jax.Array", "numpy": "np.ndarray[Any, Any]"}
+
+
+def _stub_overload(fn: Callable[..., Any], backend: str) -> str:
+    """One overload of fn's public signature for `backend`: its first array argument (or `backend=`) names it."""
+    array_type = _ARRAY_TYPES[backend]
+    sig = public_signature(fn)
+    first = next(iter(array_parameters(fn)), None)
+    params, star_seen = [], False
+    for p in sig.parameters.values():
+        annotation = str(p.annotation)
+        if p.name == first and p.kind is not inspect.Parameter.VAR_POSITIONAL:
+            annotation = array_type
+        if p.name == "backend":
+            annotation = f'Literal["{backend}"]' if first is None else f'Literal["{backend}"] | None'
+            if first is None and backend == "numpy":
+                annotation = 'Literal["numpy"] | None'
+        default = "" if p.default is inspect.Parameter.empty else " = ..."
+        if p.name == "backend" and first is None and backend != "numpy":
+            default = ""
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            params.append(f"*{p.name}: {array_type if backend != 'numpy' else 'ArrayLike'}")
+            star_seen = True
+            continue
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not star_seen:
+            params.append("*")
+            star_seen = True
+        params.append(f"{p.name}: {annotation}{default}")
+    returns = str(sig.return_annotation).replace("np.ndarray", array_type).replace("Mask", array_type)
+    return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> {returns}: ..."
+
+
+def stub_source() -> str:
+    """The text of refmask/_api.pyi: per public function, one overload per backend's array type."""
+    head = (
+        '"""Types of the public API generated in refmask/_api.py (regenerate: python -m refmask._stubgen)."""\n\n'
+        "from typing import Any, Literal, overload\n\n"
+        "import jax\nimport numpy as np\nimport torch\n\n"
+        "from ._arrays import ArrayLike\n\n"
+        "PUBLIC: tuple[str, ...]\n"
+    )
+    blocks = []
+    for name in PUBLIC:
+        fn = getattr(oracle, name)
+        overloads = [_stub_overload(fn, b) for b in ("torch", "jax", "numpy")]
+        blocks.append("\n".join([*overloads, _stub_fallback(fn)]))
+    return head + "\n\n" + "\n\n".join(blocks) + "\n"
+
+
+def _stub_fallback(fn: Callable[..., Any]) -> str:
+    """The last overload: any array-likes and any backend, result untyped."""
+    params, star_seen = [], False
+    for p in public_signature(fn).parameters.values():
+        default = "" if p.default is inspect.Parameter.empty else " = ..."
+        annotation = "str | None" if p.name == "backend" else str(p.annotation)
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            params.append(f"*{p.name}: {annotation}")
+            star_seen = True
+            continue
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and not star_seen:
+            params.append("*")
+            star_seen = True
+        params.append(f"{p.name}: {annotation}{default}")
+    return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> Any: ..."

@@ -95,7 +95,7 @@ def finfo(name: str) -> Any:
     if name == "bfloat16":
         import ml_dtypes
 
-        return ml_dtypes.finfo(ml_dtypes.bfloat16)
+        return ml_dtypes.finfo(ml_dtypes.bfloat16)  # type: ignore[no-untyped-call]
     return np.finfo(name)
 
 

@@ -116,7 +116,7 @@ def test_every_dtype_spelling_means_the_same_on_every_backend(backend, spelling)
 
 
 @pytest.mark.parametrize("backend", _backends.BACKENDS)
-@pytest.mark.parametrize(("label", "obj", "name"), list(_dtype_objects()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(("label", "obj", "name"), [pytest.param(*row, id=row[0]) for row in _dtype_objects()])
 def test_dtype_objects_of_any_framework_are_accepted_on_every_backend(backend, label, obj, name):
     _backend_module(backend)
     dtype = _resolve_object(obj)
@@ -142,3 +142,10 @@ def test_bad_dtype_names_are_refused_alike_on_every_backend(backend, dtype, frag
     with pytest.raises(TypeError, match="dtype") as err:
         refmask.to_additive(mask, dtype)
     assert fragment in str(err.value)
+
+
+def test_typing_stub_is_generated_from_the_oracle():
+    from pathlib import Path
+
+    committed = (Path(_api.__file__).with_name("_api.pyi")).read_text()
+    assert committed == _api.stub_source(), "refmask/_api.pyi is stale: run python -m refmask._stubgen"
