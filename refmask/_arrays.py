@@ -56,7 +56,14 @@ class NumpyOps:
     name = "numpy"
 
     def asarray(self, x: Any, device: Any = None) -> Any:
-        return np.asarray(x)
+        self.device(device)
+        from ._backends import to_numpy  # another framework's array: detached, bfloat16 bit for bit
+
+        return to_numpy(x)
+
+    def device(self, device: Any) -> None:
+        if device not in (None, "cpu"):
+            raise ValueError(f'device={device!r} is not available to the numpy backend (available: None or "cpu")')
 
     def device_of(self, named: dict[str, Any]) -> Any:
         return None

@@ -75,8 +75,7 @@ def _integers(name: str, x: Any) -> np.ndarray:
 
 
 def _check_device(device: Any) -> None:
-    if device not in (None, "cpu"):
-        raise ValueError(f'device must be None or "cpu" for the numpy backend; got {device!r}')
+    NUMPY.device(device)
 
 
 # ----------------------------------------------------------------------------------------------

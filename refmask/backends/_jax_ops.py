@@ -17,7 +17,23 @@ class JaxOps:
     def asarray(self, x: Any, device: Any = None) -> Any:
         # Without jax_enable_x64, a float64 (int64) NumPy array becomes float32 (int32): JAX's convention,
         # followed here; every later check reads the dtype of the array this returns.
-        return x if isinstance(x, jax.Array) else jnp.asarray(x)
+        if isinstance(x, jax.Array):
+            return x
+        from .._backends import to_numpy  # another framework's array (torch) converts through NumPy
+
+        return jnp.asarray(to_numpy(x))
+
+    def device(self, device: Any) -> Any:
+        """`device=` as a jax Device or Sharding; a platform name ("cpu", "gpu") means its first device."""
+        if device is None or not isinstance(device, str):
+            return device
+        try:
+            return jax.devices(device)[0]
+        except RuntimeError:
+            available = sorted({d.platform for d in jax.devices()})
+            raise ValueError(
+                f"device={device!r} is not available to jax here (available: {', '.join(available)})"
+            ) from None
 
     def device_of(self, named: dict[str, Any]) -> Any:
         return None

@@ -38,14 +38,46 @@ def tracing(*xs: Any) -> bool:
     return any(isinstance(x, torch.Tensor) and wrapped(x) for x in xs)
 
 
+def _available() -> str:
+    names = ["cpu"]
+    for kind in ("cuda", "mps", "xpu"):
+        module = getattr(torch, kind, None)
+        if module is not None and module.is_available():
+            names += [f"{kind}:{n}" for n in range(module.device_count())]
+    return ", ".join(names)
+
+
+def _host_array(x: Any) -> np.ndarray[Any, Any]:
+    """A NumPy array from NumPy input, lists, numbers, or another framework's array (jax)."""
+    from .._backends import to_numpy as any_to_numpy
+
+    return np.asarray(any_to_numpy(x))
+
+
 class TorchOps:
     name = "torch"
+
+    def device(self, device: Any) -> torch.device | None:
+        """`device=` as a torch.device; a ValueError naming it when torch cannot use it here."""
+        if device is None:
+            return None
+        try:
+            d = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device={device!r} is not a torch device (such as 'cpu', 'cuda', 'cuda:1')") from None
+        module = getattr(torch, d.type, None)
+        if d.type not in ("cpu", "meta") and not (module is not None and module.is_available()):
+            raise ValueError(f"device={device!r} is not available to torch here (available: {_available()})")
+        if d.type != "cpu" and d.index is not None and module is not None and d.index >= module.device_count():
+            raise ValueError(f"device={device!r} is not available to torch here (available: {_available()})")
+        return d
 
     def asarray(self, x: Any, device: Any = None) -> Any:
         """Tensors stay where they are unless `device` is given; NumPy arrays and lists go to `device`, or to
         torch's default device."""
+        device = self.device(device)
         if not isinstance(x, torch.Tensor):
-            x = from_numpy(np.asarray(x))
+            x = from_numpy(_host_array(x))
             if device is None:
                 device = torch.get_default_device()
         if device is not None and x.device != torch.device(device):

@@ -92,11 +92,8 @@ def _compensate(dtype: Any) -> bool:
 
 def _place(x: Any, device: Any) -> Any:
     """Put x on `device` (a jax Device or Sharding, or a platform name like "cpu"/"gpu")."""
-    if device is None:
-        return x
-    if isinstance(device, str):
-        device = jax.devices(device)[0]
-    return jax.device_put(x, device)
+    device = OPS.device(device)
+    return x if device is None else jax.device_put(x, device)
 
 
 def _clamp(value: int, lo: int, hi: int) -> int:

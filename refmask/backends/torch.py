@@ -90,6 +90,7 @@ def _check_lengths(name: str, lengths: torch.Tensor, max_len: int) -> None:
 def _aligned_positions(q_len: int, kv_len: int, align: str, offset: int, device: Any):
     shift = check.align_shift(align, q_len, kv_len)
     offset = check.integer("offset", offset)
+    device = OPS.device(device)
     i = torch.arange(q_len, device=device).unsqueeze(-1) + (offset + shift)
     j = torch.arange(kv_len, device=device)
     return i, j
