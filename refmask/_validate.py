@@ -1,13 +1,13 @@
-"""Argument checks shared by the oracle and every backend.
+"""Argument decisions shared by the oracle and every backend.
 
-The checks work on Python values, shapes and dtype *names*, never on a framework's arrays, so all
-backends raise the same error, with the same message, for the same bad input. Every message names
-the argument, what was received and what was expected.
+Each function decides on Python values, shapes and dtype *names*, never on a framework's arrays (array
+arguments are parsed in refmask/_arrays.py, dtypes in refmask/_dtypes.py), and returns what it decided
+or raises; so every backend accepts, refuses and answers alike, with the same message, for the same
+input. Every message names the argument, what was received and what was expected.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -20,8 +20,8 @@ FILLS = ("min", "-inf")
 
 CONVERTERS_HINT = (
     "refmask masks are boolean with True = may attend; convert other conventions explicitly with "
-    "refmask.from_hf (1/0 attention_mask), refmask.from_additive (float bias) or "
-    "refmask.from_torch_mha (True = masked)"
+    "refmask.from_hf (1/0 Hugging Face attention_mask), refmask.from_multiplicative (1/0 mask, 1 = attend), "
+    "refmask.from_additive (0 / large negative float mask) or refmask.from_torch_mha (True = masked)"
 )
 
 
@@ -70,27 +70,6 @@ def window(window: object) -> tuple[int, int]:
     raise TypeError(f"window must be an int w or a pair (left, right) of ints >= 0; got {window!r}")
 
 
-def float_dtype(name: str, dtype_name: str, is_floating: bool) -> None:
-    if not is_floating:
-        raise TypeError(
-            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64); "
-            f"got dtype {dtype_name}"
-        )
-
-
-def bool_mask(name: str, dtype_name: str, is_bool: bool) -> None:
-    if not is_bool:
-        raise TypeError(
-            f"{name} must be a boolean array (True = may attend); got dtype {dtype_name}. "
-            f"0/1 integers and floats are ambiguous: {CONVERTERS_HINT}"
-        )
-
-
-def integer_dtype(name: str, dtype_name: str, is_integer: bool) -> None:
-    if not is_integer:
-        raise TypeError(f"{name} must be an integer array; got dtype {dtype_name}")
-
-
 def ndim(name: str, shape: tuple[int, ...], ndim: int, meaning: str) -> None:
     if len(shape) != ndim:
         raise ValueError(f"{name} must have shape {meaning} ({ndim}-D); got shape {tuple(shape)}")
@@ -104,7 +83,7 @@ def broadcasts_to(name: str, mask_shape: tuple[int, ...], target_shape: tuple[in
     """
     mask_shape, target_shape = tuple(mask_shape), tuple(target_shape)
     fits = len(mask_shape) <= len(target_shape) and all(
-        m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1])
+        m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1], strict=False)
     )
     if not fits:
         raise ValueError(
@@ -167,42 +146,7 @@ def attention_shapes(
                 f"v must have shape (..., H_kv, S, Dv) matching k {k_shape} in all but the last axis; "
                 f"got {v_shape}"
             )
-    return q_shape[:-1] + (k_shape[-2],)
-
-
-def same_dtype(names: Sequence[str], dtype_names: Sequence[str]) -> None:
-    if len(set(dtype_names)) > 1:
-        got = ", ".join(f"{n}: {d}" for n, d in zip(names, dtype_names))
-        raise TypeError(f"{', '.join(names)} must share one floating dtype; got {got}")
-
-
-def additive_fill(fill: object) -> object:
-    """to_additive's fill: "min", "-inf" or a negative number (returned unchanged)."""
-    if isinstance(fill, str):
-        return choice("fill", fill, FILLS)
-    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
-        raise TypeError(f'fill must be "min", "-inf" or a negative number; got {fill!r}')
-    if not fill < 0:
-        raise ValueError(f"fill must be a negative number (a masking value); got {fill!r}")
-    return fill
-
-
-def fill_stays_finite(fill: object, rounded: float, dtype_name: str, most_negative: float) -> None:
-    """A numeric fill must not round to -inf in the target dtype (e.g. -1e9 in float16)."""
-    if not math.isfinite(rounded):
-        raise ValueError(
-            f"fill={fill!r} overflows to -inf in {dtype_name} (its most negative finite value is "
-            f'{most_negative}); use fill="min" or fill="-inf" to mean that'
-        )
-
-
-def additive_threshold(threshold: object) -> object:
-    """from_additive's threshold: "min" or a number (returned unchanged)."""
-    if isinstance(threshold, str):
-        return choice("threshold", threshold, ("min",))
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or threshold != threshold:
-        raise TypeError(f'threshold must be "min" or a number (a masking value); got {threshold!r}')
-    return threshold
+    return (*q_shape[:-1], k_shape[-2])
 
 
 def mha_attn_mask_heads(shape: tuple[int, ...], num_heads: object) -> int | None:
