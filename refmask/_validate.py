@@ -58,6 +58,97 @@ def align_shift(align: str, q_len: int, kv_len: int) -> int:
     return 0 if align == "top_left" else kv_len - q_len
 
 
+def flag(name: str, value: object) -> bool:
+    """A bool argument (is_causal, return_weights): True or False, never a truthy string or number."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a bool (True or False); got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def axis(axis: object, ndim: int) -> int:
+    """The softmax axis of `ndim`-D scores as a negative index (it names the same axis of a mask with
+    fewer dimensions); never wrapped, never a bool."""
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an int; got {type(axis).__name__} {axis!r}")
+    if ndim == 0:
+        raise ValueError("scores must have at least one axis to normalise along; got a 0-d array (shape ())")
+    a = int(axis)
+    if not -ndim <= a < ndim:
+        raise ValueError(f"axis must be in [-{ndim}, {ndim - 1}] for scores with {ndim} dimensions; got {a}")
+    return a - ndim if a >= 0 else a
+
+
+# ----------------------------------------------------------------------------------------------
+# position masks on exact Python ints
+#
+# offset, window and chunk_size are Python ints of any size. Each mask compares key minus query
+# positions, j - i in [-(T-1), S-1], with a shift; beyond that range the comparison no longer changes,
+# so the shift is clamped here, exactly, and every backend builds its mask from small ints.
+
+
+def diagonal(shift: int, q_len: int, kv_len: int) -> int:
+    """`shift` clamped to [-q_len - 1, kv_len + 1]: `j - i <= shift` and `j - i >= shift` come out the same
+    for every (i, j) of a (q_len, kv_len) grid, and the result fits any integer dtype a mask is built in."""
+    return max(-q_len - 1, min(kv_len + 1, shift))
+
+
+def aligned_offset(align: object, q_len: int, kv_len: int, offset: object) -> int:
+    """offset + align's shift, exact: query i sits at key position i + aligned_offset."""
+    return integer("offset", offset) + align_shift(align, q_len, kv_len)  # type: ignore[arg-type]
+
+
+def chunks(shift: int, chunk_size: int, q_len: int, kv_len: int) -> tuple[int, int]:
+    """(c, d), small, such that floor((i + d) / c) == floor(j / c) iff floor((i + shift) / chunk_size) ==
+    floor(j / chunk_size) for every query i < q_len and key j < kv_len.
+
+    With shift = q*chunk_size + r (0 <= r < chunk_size) the test reads floor((i + r) / chunk_size) + q ==
+    floor(j / chunk_size). When chunk_size >= n = max(q_len, kv_len, 1), floor(j / chunk_size) is 0 and
+    floor((i + r) / chunk_size) is 1 iff i >= chunk_size - r: chunk size n with the same threshold
+    min(chunk_size - r, q_len) is the same test. Then q beyond the range of either floor matches nothing
+    and is clamped to one past it.
+    """
+    c = chunk_size
+    q, r = divmod(shift, c)
+    n = max(q_len, kv_len, 1)
+    if c > n:
+        c, r = n, n - max(1, min(c - r, q_len))
+    q = max(-((q_len - 1 + r) // c) - 1, min((kv_len - 1) // c + 1, q))
+    return c, q * c + r
+
+
+def pad_id(value: object, dtype: str) -> int | None:
+    """pad_id as an int, or None when no value of the ids' integer `dtype` can equal it (it matches nothing)."""
+    value = integer("pad_id", value)
+    info = np.iinfo(np.dtype(dtype))
+    return value if info.min <= value <= info.max else None
+
+
+def common_integer_dtype(names: Sequence[str], dtypes: Sequence[str]) -> str:
+    """The integer dtype in which arrays of `dtypes` compare exactly (NumPy's promotion); uint64 beside a
+    signed dtype has none (NumPy would compare in float64, which rounds ids above 2^53)."""
+    common = np.result_type(*(np.dtype(d) for d in dtypes))
+    if common.kind not in "iu":
+        got = ", ".join(f"{n}: {d}" for n, d in zip(names, dtypes, strict=True))
+        raise TypeError(f"{', '.join(names)} have no integer dtype that holds both exactly; got {got}: pass one dtype")
+    return common.name
+
+
+def index_dtype(max_len: int) -> str:
+    """The integer dtype in which positions 0..max_len and lengths in [0, max_len] compare exactly."""
+    return "int32" if max_len <= np.iinfo(np.int32).max else "int64"
+
+
+def integers_fit(name: str, lo: int, hi: int, dtype: str) -> None:
+    """Values lo..hi must be exact in `dtype` (the dtype a framework makes of them), never wrapped."""
+    info = np.iinfo(np.dtype(dtype))
+    if lo < info.min or hi > info.max:
+        bad = lo if lo < info.min else hi
+        raise ValueError(
+            f"{name} holds {bad}, outside the range of {dtype} [{info.min}, {info.max}] that this backend "
+            "stores it in (jax without jax_enable_x64 has no 64-bit integers)"
+        )
+
+
 def window(window: object) -> tuple[int, int]:
     """`window=w` means (w, w); `window=(left, right)` keys on each side of the aligned query."""
     if isinstance(window, tuple | list) and len(window) == 2:

@@ -82,11 +82,13 @@ def _check_device(device: Any) -> None:
 # masks from positions
 
 
-def _aligned_positions(q_len: int, kv_len: int, align: str, offset: int) -> tuple[np.ndarray, np.ndarray]:
-    """Query positions i' = i + offset + shift as a (T, 1) column and key positions j as a (1, S) row."""
-    shift = check.align_shift(align, q_len, kv_len)
-    offset = check.integer("offset", offset)
-    i = np.arange(q_len)[:, None] + offset + shift
+def _positions(q_len: int, kv_len: int, shift: int) -> tuple[np.ndarray, np.ndarray]:
+    """Query positions i + shift as a (T, 1) column and key positions j as a (1, S) row.
+
+    offset, window and chunk_size may be Python ints of any size: refmask/_validate.py reduces them
+    exactly to a small shift (check.diagonal, check.chunks) that gives the same mask.
+    """
+    i = np.arange(q_len)[:, None] + shift
     j = np.arange(kv_len)[None, :]
     return i, j
 
@@ -103,7 +105,7 @@ def causal_mask(
     """
     _check_device(device)
     t, s = check.q_kv_lengths(q_len, kv_len)
-    i, j = _aligned_positions(t, s, align, offset)
+    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, offset), t, s))
     return j <= i
 
 
@@ -125,8 +127,9 @@ def sliding_window_mask(
     _check_device(device)
     t, s = check.q_kv_lengths(q_len, kv_len)
     left, right = check.window(window)
-    i, j = _aligned_positions(t, s, align, offset)
-    return (i - left <= j) & (j <= i + right)
+    d = check.aligned_offset(align, t, s, offset)
+    i, j = _positions(t, s, 0)
+    return (i + check.diagonal(d - left, t, s) <= j) & (j <= i + check.diagonal(d + right, t, s))
 
 
 def chunked_mask(
@@ -146,12 +149,15 @@ def chunked_mask(
     _check_device(device)
     t, s = check.q_kv_lengths(q_len, kv_len)
     c = check.integer("chunk_size", chunk_size, minimum=1)
-    i, j = _aligned_positions(t, s, align, offset)
+    c, d = check.chunks(check.aligned_offset(align, t, s, offset), c, t, s)
+    i, j = _positions(t, s, d)
     return (i // c) == (j // c)
 
 
 # ----------------------------------------------------------------------------------------------
 # masks from data
+
+_SEGMENT_IDS = ("q_segment_ids", "kv_segment_ids")
 
 
 def padding_mask(lengths: ArrayLike, max_len: int, *, side: str = "right", device: Any = None) -> Mask:
@@ -167,19 +173,20 @@ def padding_mask(lengths: ArrayLike, max_len: int, *, side: str = "right", devic
     lengths = _integers("lengths", lengths)
     if lengths.size:
         check.lengths_in_range("lengths", int(lengths.min()), int(lengths.max()), max_len)
-    position = np.arange(max_len)
+    # In int64: max_len - lengths must not wrap or overflow in a narrow dtype (uint8 lengths, max_len 300).
+    lengths = lengths.astype(np.int64)[..., None]
+    position = np.arange(max_len, dtype=np.int64)
     if side == "right":
-        return position < lengths[..., None]
-    # int64: max_len - lengths must not wrap or overflow in a narrow dtype (uint8 lengths, max_len 300).
-    return position >= max_len - lengths[..., None].astype(np.int64)
+        return position < lengths
+    return position >= max_len - lengths
 
 
 def padding_mask_from_ids(ids: ArrayLike, pad_id: int, *, device: Any = None) -> Mask:
     """(B, L) validity from token ids: True where ids != pad_id."""
     _check_device(device)
     ids = _integers("ids", ids)
-    pad_id = check.integer("pad_id", pad_id)
-    return ids != pad_id
+    pad = check.pad_id(pad_id, ids.dtype.name)
+    return np.ones(ids.shape, bool) if pad is None else ids != pad
 
 
 def attention_padding_mask(kv_valid: ArrayLike, q_valid: ArrayLike = None, *, device: Any = None) -> Mask:
@@ -214,10 +221,15 @@ def segment_mask(
     check.ndim("q_segment_ids", q_seg.shape, 2, "(B, T)")
     check.ndim("kv_segment_ids", kv_seg.shape, 2, "(B, S)")
     check.same_batch("q_segment_ids", q_seg.shape, "kv_segment_ids", kv_seg.shape)
-    keep = q_seg[:, None, :, None] == kv_seg[:, None, None, :]
+    common = check.common_integer_dtype(_SEGMENT_IDS, (q_seg.dtype.name, kv_seg.dtype.name))
+    keep = q_seg.astype(common)[:, None, :, None] == kv_seg.astype(common)[:, None, None, :]
     if pad_id is not None:
-        pad_id = check.integer("pad_id", pad_id)
-        keep &= (q_seg != pad_id)[:, None, :, None] & (kv_seg != pad_id)[:, None, None, :]
+        # A pad_id outside an array's dtype matches none of its ids (no wrap, no overflow).
+        q_pad, kv_pad = check.pad_id(pad_id, q_seg.dtype.name), check.pad_id(pad_id, kv_seg.dtype.name)
+        if q_pad is not None:
+            keep &= (q_seg != q_pad)[:, None, :, None]
+        if kv_pad is not None:
+            keep &= (kv_seg != kv_pad)[:, None, None, :]
     return keep
 
 
@@ -241,8 +253,8 @@ def prefix_lm_mask(
     check.ndim("prefix_lengths", prefix.shape, 1, "(B,)")
     if prefix.size:
         check.lengths_in_range("prefix_lengths", int(prefix.min()), int(prefix.max()), s)
-    i, j = _aligned_positions(t, s, align, 0)
-    in_prefix = j[None, None] < prefix[:, None, None, None]
+    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, 0), t, s))
+    in_prefix = j[None, None] < prefix.astype(np.int64)[:, None, None, None]
     return in_prefix | (j <= i)[None, None]
 
 
@@ -383,6 +395,7 @@ def masked_softmax(
     keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
     check.broadcasts_to("mask", keep.shape, scores.shape)
     keep = np.broadcast_to(keep, scores.shape)
+    axis = check.axis(axis, scores.ndim)
     x = scores.astype(np.float64)
     return _softmax_kept(x, keep, axis, fully_masked).astype(scores.dtype)
 
@@ -425,6 +438,7 @@ def masked_softmax_vjp(
     keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
     check.broadcasts_to("mask", keep.shape, scores.shape)
     keep = np.broadcast_to(keep, scores.shape)
+    axis = check.axis(axis, scores.ndim)
     w = _softmax_kept(scores.astype(np.float64), keep, axis, fully_masked)
     w = np.where(keep.any(axis=axis, keepdims=True), w, 0.0)
     g = g.astype(np.float64)
@@ -504,8 +518,9 @@ def attention(
     the product: out is the correctly rounded value of the exact-weights product.
     Without weights, query rows are processed in blocks so memory stays far below (T, S) float64.
     """
-    q, k, vv = _attention_inputs(q, k, v)
+    q, k, vv = arrays.attention_inputs(NUMPY, {"q": q, "k": k, "v": v})
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
     shape = check.attention_shapes(q.shape, k.shape, vv.shape)
     bias, mask = _checked_bias_and_mask(bias, mask, shape)
     if is_causal:

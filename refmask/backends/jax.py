@@ -22,9 +22,7 @@ definitions, refmask/_validate.py makes its argument errors identical to every o
 
 from __future__ import annotations
 
-import collections
 import functools
-import numbers
 from typing import Any
 
 import jax
@@ -36,10 +34,6 @@ from .. import _arrays as arrays
 from .. import _backends, _dtypes
 from .. import _validate as check
 from ._jax_ops import JAX as OPS  # the array operations refmask's shared code runs on, for this backend
-
-# How many times each jitted entry point has been traced (Python side effect of tracing; tests read it).
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
-
 
 # ----------------------------------------------------------------------------------------------
 # conversions and argument checks
@@ -77,7 +71,30 @@ def _bool_mask(name: str, mask: Any) -> jax.Array:
 
 
 def _integers(name: str, x: Any) -> jax.Array:
-    return arrays.integers(OPS, name, x)
+    """An integer jax array; host values jax's dtype cannot hold (int64 without x64) are refused, not wrapped."""
+    if isinstance(x, jax.Array):
+        return arrays.integers(OPS, name, x)
+    host = arrays.integers(arrays.NUMPY, name, x)
+    produced = OPS.produced_dtype(host.dtype.name)
+    if produced != host.dtype.name and host.size:
+        check.integers_fit(name, int(host.min()), int(host.max()), produced)
+    return jnp.asarray(host)
+
+
+def _lengths(name: str, x: Any, max_len: int, meaning: str | None = None) -> jax.Array:
+    """Integer lengths in [0, max_len] (of shape `meaning`, 1-D, if given), as the index dtype in which
+    they compare exactly with positions. Host values are checked before jax could narrow them."""
+    ops = OPS if isinstance(x, jax.Array) else arrays.NUMPY
+    lengths = arrays.integers(ops, name, x)
+    if meaning is not None:
+        check.ndim(name, lengths.shape, 1, meaning)
+    if lengths.size and _is_concrete(lengths):
+        check.lengths_in_range(name, int(lengths.min()), int(lengths.max()), max_len)
+    return jnp.asarray(lengths.astype(_index_dtype(max_len)))
+
+
+def _index_dtype(max_len: int) -> Any:
+    return np.dtype(OPS.produced_dtype(check.index_dtype(max_len)))
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -96,16 +113,12 @@ def _place(x: Any, device: Any) -> Any:
     return x if device is None else jax.device_put(x, device)
 
 
-def _clamp(value: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, value))
-
-
 # ----------------------------------------------------------------------------------------------
 # masks from positions
 #
 # Query positions i (a (T, 1) iota) and key positions j (a (1, S) iota) are compared through
-# their difference or quotient with Python-side shifts clamped to the range where the comparison
-# can still change, so huge offsets never overflow int32 and the result is bit-identical.
+# their difference or quotient with shifts that refmask/_validate.py reduced exactly to small ints
+# (check.diagonal, check.chunks), so huge offsets never overflow int32 and the result is bit-identical.
 
 
 def _iotas(t: int, s: int) -> tuple[jax.Array, jax.Array]:
@@ -114,19 +127,13 @@ def _iotas(t: int, s: int) -> tuple[jax.Array, jax.Array]:
     return i, j
 
 
-def _diagonal_shift(q_len: int, kv_len: int, align: str, offset: int) -> int:
-    shift = check.align_shift(align, q_len, kv_len)
-    return check.integer("offset", offset) + shift
-
-
 def causal_mask(
     q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0, device: Any = None
 ) -> jax.Array:
     t, s = check.q_kv_lengths(q_len, kv_len)
-    d = _diagonal_shift(t, s, align, offset)
+    d = check.diagonal(check.aligned_offset(align, t, s, offset), t, s)
     i, j = _iotas(t, s)
-    # keep iff j - i <= d; j - i lies in [-(T-1), S-1].
-    return _place(j - i <= _clamp(d, -t - 1, s + 1), device)
+    return _place(j - i <= d, device)
 
 
 def sliding_window_mask(
@@ -140,10 +147,10 @@ def sliding_window_mask(
 ) -> jax.Array:
     t, s = check.q_kv_lengths(q_len, kv_len)
     left, right = check.window(window)
-    d = _diagonal_shift(t, s, align, offset)
+    d = check.aligned_offset(align, t, s, offset)
     i, j = _iotas(t, s)
     diff = j - i
-    lo, hi = _clamp(d - left, -t - 1, s + 1), _clamp(d + right, -t - 1, s + 1)
+    lo, hi = check.diagonal(d - left, t, s), check.diagonal(d + right, t, s)
     return _place((lo <= diff) & (diff <= hi), device)
 
 
@@ -158,18 +165,9 @@ def chunked_mask(
 ) -> jax.Array:
     t, s = check.q_kv_lengths(q_len, kv_len)
     c = check.integer("chunk_size", chunk_size, minimum=1)
-    d = _diagonal_shift(t, s, align, offset)
+    c, d = check.chunks(check.aligned_offset(align, t, s, offset), c, t, s)
     i, j = _iotas(t, s)
-    # floor((i + d) / c) = q + floor((i + r) / c) with d = q*c + r, 0 <= r < c.
-    q, r = divmod(d, c)
-    if c >= max(t, s):
-        # Every key is in chunk 0 and floor((i + r) / c) is 0 or 1 (i + r < 2c): keep iff it is -q.
-        crossed = i >= min(c - r, t)
-        keep = (~crossed if q == 0 else crossed if q == -1 else jnp.zeros_like(crossed)) & (j >= 0)
-    else:
-        q = _clamp(q, -((t - 1 + r) // c) - 1, (s - 1) // c + 1)
-        keep = (i + r) // c == j // c - q
-    return _place(keep, device)
+    return _place((i + d) // c == j // c, device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,9 +177,7 @@ def chunked_mask(
 def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any = None) -> jax.Array:
     max_len = check.integer("max_len", max_len, minimum=0)
     check.choice("side", side, check.SIDES)
-    lengths = _integers("lengths", lengths)
-    if lengths.size and _is_concrete(lengths):
-        check.lengths_in_range("lengths", int(jnp.min(lengths)), int(jnp.max(lengths)), max_len)
+    lengths = _lengths("lengths", lengths, max_len)
     position = jnp.arange(max_len, dtype=lengths.dtype)
     keep = position < lengths[..., None] if side == "right" else position >= max_len - lengths[..., None]
     return _place(keep, device)
@@ -189,8 +185,8 @@ def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any
 
 def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> jax.Array:
     ids = _integers("ids", ids)
-    pad_id = check.integer("pad_id", pad_id)
-    return _place(ids != pad_id, device)
+    pad = check.pad_id(pad_id, _dtype_name(ids.dtype))
+    return _place(jnp.ones(ids.shape, bool) if pad is None else ids != pad, device)
 
 
 def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = None) -> jax.Array:
@@ -213,10 +209,18 @@ def segment_mask(
     check.ndim("q_segment_ids", q_seg.shape, 2, "(B, T)")
     check.ndim("kv_segment_ids", kv_seg.shape, 2, "(B, S)")
     check.same_batch("q_segment_ids", q_seg.shape, "kv_segment_ids", kv_seg.shape)
-    keep = q_seg[:, None, :, None] == kv_seg[:, None, None, :]
+    common = check.common_integer_dtype(
+        ("q_segment_ids", "kv_segment_ids"), (_dtype_name(q_seg.dtype), _dtype_name(kv_seg.dtype))
+    )
+    common = OPS.produced_dtype(common)
+    keep = q_seg[:, None, :, None].astype(common) == kv_seg[:, None, None, :].astype(common)
     if pad_id is not None:
-        pad_id = check.integer("pad_id", pad_id)
-        keep = keep & (q_seg != pad_id)[:, None, :, None] & (kv_seg != pad_id)[:, None, None, :]
+        # A pad_id outside an array's dtype matches none of its ids (no wrap, no overflow).
+        q_pad, kv_pad = check.pad_id(pad_id, _dtype_name(q_seg.dtype)), check.pad_id(pad_id, _dtype_name(kv_seg.dtype))
+        if q_pad is not None:
+            keep = keep & (q_seg != q_pad)[:, None, :, None]
+        if kv_pad is not None:
+            keep = keep & (kv_seg != kv_pad)[:, None, None, :]
     return _place(keep, device)
 
 
@@ -229,14 +233,11 @@ def prefix_lm_mask(
     device: Any = None,
 ) -> jax.Array:
     t, s = check.q_kv_lengths(q_len, kv_len)
-    prefix = _integers("prefix_lengths", prefix_lengths)
-    check.ndim("prefix_lengths", prefix.shape, 1, "(B,)")
-    if prefix.size and _is_concrete(prefix):
-        check.lengths_in_range("prefix_lengths", int(jnp.min(prefix)), int(jnp.max(prefix)), s)
-    d = _diagonal_shift(t, s, align, 0)
+    prefix = _lengths("prefix_lengths", prefix_lengths, s, "(B,)")
+    d = check.diagonal(check.aligned_offset(align, t, s, 0), t, s)
     i, j = _iotas(t, s)
     in_prefix = j[None, None] < prefix[:, None, None, None]
-    causal = (j - i <= _clamp(d, -t - 1, s + 1))[None, None]
+    causal = (j - i <= d)[None, None]
     return _place(in_prefix | causal, device)
 
 
@@ -246,15 +247,6 @@ def prefix_lm_mask(
 
 # ----------------------------------------------------------------------------------------------
 # masked softmax
-
-
-def _normalize_axis(axis: int, ndim: int) -> int:
-    """axis as a negative index, so it names the same axis of a mask with fewer dimensions."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis must be an int; got {type(axis).__name__} {axis!r}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis {axis} is out of bounds for scores with {ndim} dimensions")
-    return int(axis) - ndim if axis >= 0 else int(axis)
 
 
 def _any_kept(keep: jax.Array, axis: int) -> jax.Array:
@@ -277,23 +269,25 @@ def _exp_shifted(x: jax.Array, m: jax.Array, compensate: bool) -> jax.Array:
     exp(d + err) = exp(d) + exp(d) * err to first order, so float32 weights stay within a few ULP of
     the correctly rounded ones whatever the spread of the scores.
 
-    Entries more than 128 below the max (masked ones included, which hold -inf) are first raised to
-    m - 128: exp(-128) is exactly 0 in float32 all the same, and err stays finite, so no select is
-    needed and XLA keeps the whole softmax in one fusion. Rows whose max is not finite come out NaN
-    (kept NaN/+inf, all kept -inf) or are replaced afterwards (fully masked), as without it.
+    The compensated weight is selected only where x - m > -104: there x and m are finite and within
+    104 of each other, so every TwoSum term is finite. Below it exp(x - m) is 0 or the smallest
+    subnormals, where a relative correction is meaningless, and the plain exp is taken. The select is
+    on d itself, not on a floor raised to m - 128: for |m| >= 2^32, m - 128 rounds to m and would give
+    masked entries (-inf) and far-below scores weight. A select is elementwise, so XLA still fuses the
+    whole softmax. Masked entries hold -inf: d = -inf, exp gives exactly 0. Rows whose max is not finite
+    come out NaN (kept NaN/+inf, all kept -inf) or are replaced afterwards (fully masked), as without it.
 
     Used for float32 inputs only: float64 keeps the plain form (the oracle's own arithmetic), and
     float16/bfloat16 inputs, computed in float32, have ULPs far above this error.
     """
-    if not compensate:
-        return jnp.exp(x - m)
-    x = jnp.maximum(x, m - 128.0)
     d = x - m
+    e = jnp.exp(d)
+    if not compensate:
+        return e
     neg_m = -m
     x_back = d - neg_m
     err = (x - x_back) + (neg_m - (d - x_back))
-    e = jnp.exp(d)
-    return e + e * err
+    return jnp.where(d > -104.0, e + e * err, e)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
@@ -329,7 +323,6 @@ def _softmax_core_jvp(axis, fully_masked, compensate, primals, tangents):
 
 
 def _masked_softmax_impl(scores: jax.Array, mask: jax.Array | None, *, axis: int, fully_masked: str) -> jax.Array:
-    TRACE_COUNTS["masked_softmax"] += 1
     x = scores.astype(_compute_dtype(scores.dtype))
     return _softmax_core(x, mask, axis, fully_masked, _compensate(scores.dtype)).astype(scores.dtype)
 
@@ -343,7 +336,7 @@ def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_maske
     if mask is not None:
         mask = _bool_mask("mask", mask)
         check.broadcasts_to("mask", mask.shape, scores.shape)
-    axis = _normalize_axis(axis, scores.ndim)
+    axis = check.axis(axis, scores.ndim)
     return _masked_softmax_jit(scores, mask, axis=axis, fully_masked=fully_masked)
 
 
@@ -378,7 +371,6 @@ def _weights(q, k, bias, mask, scale, fully_masked, is_causal):
 
 
 def _attention_impl(q, k, v, mask, bias, scale, *, fully_masked, is_causal, return_weights):
-    TRACE_COUNTS["attention"] += 1
     w, groups = _weights(q, k, bias, mask, scale, fully_masked, is_causal)
     vc = v.astype(w.dtype)
     hp = lax.Precision.HIGHEST
@@ -392,7 +384,6 @@ def _attention_impl(q, k, v, mask, bias, scale, *, fully_masked, is_causal, retu
 
 
 def _attention_weights_impl(q, k, mask, bias, scale, *, fully_masked):
-    TRACE_COUNTS["attention_weights"] += 1
     w, _ = _weights(q, k, bias, mask, scale, fully_masked, False)
     return w.astype(q.dtype)
 
@@ -437,8 +428,9 @@ def attention(
     fully_masked: str = "zero",
     return_weights: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    q, k, v = _attention_inputs(q, k, v)
+    q, k, v = arrays.attention_inputs(OPS, {"q": q, "k": k, "v": v})
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
     shape = check.attention_shapes(q.shape, k.shape, v.shape)
     bias, mask = _checked_bias_and_mask(bias, mask, shape)
     return _attention_jit(
@@ -449,8 +441,8 @@ def attention(
         bias,
         _scale(scale, q.shape[-1], q.dtype),
         fully_masked=fully_masked,
-        is_causal=bool(is_causal),
-        return_weights=bool(return_weights),
+        is_causal=is_causal,
+        return_weights=return_weights,
     )
 
 

@@ -37,6 +37,7 @@ from ._torch_ops import TORCH as OPS  # the array operations refmask's shared co
 Mask = torch.Tensor
 
 _FLOATING = tuple(getattr(torch, name) for name in _dtypes.FLOAT_DTYPES)
+_WIDE_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
 # ----------------------------------------------------------------------------------------------
 # inputs (parsed by refmask/_arrays.py over this backend's OPS, shared by every backend)
 
@@ -52,8 +53,10 @@ def _tensor(x: Any, device: Any = None) -> torch.Tensor:
     return OPS.asarray(x, device)
 
 
-def _device_of(*xs: Any) -> torch.device | None:
-    return OPS.device_of({f"argument {n}": x for n, x in enumerate(xs)})
+def _call_device(named: dict[str, Any], device: Any = None) -> torch.device | None:
+    """`device`, or else the device the named tensors share; tensors on two devices are refused, naming them."""
+    found = OPS.device_of(named)
+    return found if device is None else device
 
 
 def _floating(name: str, x: Any, device: Any = None) -> torch.Tensor:
@@ -76,22 +79,27 @@ def _host_checks(*xs: torch.Tensor | None) -> bool:
     return OPS.concrete(*xs)
 
 
-def _check_lengths(name: str, lengths: torch.Tensor, max_len: int) -> None:
-    """0 <= lengths <= max_len, with one read of (min, max) (a sync on an accelerator)."""
+def _lengths(name: str, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """0 <= lengths <= max_len, with one read of (min, max) (a sync on an accelerator); returned as int64,
+    in which positions and max_len - lengths never wrap (int8 lengths, max_len 200)."""
     if lengths.numel() and _host_checks(lengths):
-        lo, hi = torch.stack([lengths.min(), lengths.max()]).tolist()
+        if lengths.dtype in _WIDE_UNSIGNED:  # torch has no min/max for them: read on the host
+            host = to_numpy(lengths)
+            lo, hi = int(host.min()), int(host.max())
+        else:
+            lo, hi = (int(v) for v in torch.stack([lengths.min(), lengths.max()]).tolist())
         check.lengths_in_range(name, lo, hi, max_len)
+    return lengths.to(torch.int64)
 
 
 # ----------------------------------------------------------------------------------------------
 # masks from positions
 
 
-def _aligned_positions(q_len: int, kv_len: int, align: str, offset: int, device: Any):
-    shift = check.align_shift(align, q_len, kv_len)
-    offset = check.integer("offset", offset)
+def _positions(q_len: int, kv_len: int, shift: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions i + shift (T, 1) and key positions j (S,); shift is small (check.diagonal, check.chunks)."""
     device = OPS.device(device)
-    i = torch.arange(q_len, device=device).unsqueeze(-1) + (offset + shift)
+    i = torch.arange(q_len, device=device).unsqueeze(-1) + shift
     j = torch.arange(kv_len, device=device)
     return i, j
 
@@ -100,7 +108,7 @@ def causal_mask(
     q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0, device: Any = None
 ) -> Mask:
     t, s = check.q_kv_lengths(q_len, kv_len)
-    i, j = _aligned_positions(t, s, align, offset, device)
+    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, offset), t, s), device)
     return j <= i
 
 
@@ -115,8 +123,9 @@ def sliding_window_mask(
 ) -> Mask:
     t, s = check.q_kv_lengths(q_len, kv_len)
     left, right = check.window(window)
-    i, j = _aligned_positions(t, s, align, offset, device)
-    return (j >= i - left) & (j <= i + right)
+    d = check.aligned_offset(align, t, s, offset)
+    i, j = _positions(t, s, 0, device)
+    return (j >= i + check.diagonal(d - left, t, s)) & (j <= i + check.diagonal(d + right, t, s))
 
 
 def chunked_mask(
@@ -130,7 +139,8 @@ def chunked_mask(
 ) -> Mask:
     t, s = check.q_kv_lengths(q_len, kv_len)
     c = check.integer("chunk_size", chunk_size, minimum=1)
-    i, j = _aligned_positions(t, s, align, offset, device)
+    c, d = check.chunks(check.aligned_offset(align, t, s, offset), c, t, s)
+    i, j = _positions(t, s, d, device)
     # floor division, as the oracle (negative aligned positions fall in chunk -1, -2, ...)
     return torch.div(i, c, rounding_mode="floor") == torch.div(j, c, rounding_mode="floor")
 
@@ -142,8 +152,7 @@ def chunked_mask(
 def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any = None) -> Mask:
     max_len = check.integer("max_len", max_len, minimum=0)
     check.choice("side", side, check.SIDES)
-    lengths = _integers("lengths", lengths)  # checked where it is (NumPy input: on the host)
-    _check_lengths("lengths", lengths, max_len)
+    lengths = _lengths("lengths", _integers("lengths", lengths), max_len)  # checked where it is (NumPy: host)
     lengths = _tensor(lengths, device)
     position = torch.arange(max_len, device=lengths.device)
     if side == "right":
@@ -153,12 +162,12 @@ def padding_mask(lengths: Any, max_len: int, *, side: str = "right", device: Any
 
 def padding_mask_from_ids(ids: Any, pad_id: int, *, device: Any = None) -> Mask:
     ids = _integers("ids", ids, device)
-    pad_id = check.integer("pad_id", pad_id)
-    return ids != pad_id
+    pad = check.pad_id(pad_id, _dtypes.name_of(ids.dtype))
+    return torch.ones_like(ids, dtype=torch.bool) if pad is None else ids != pad
 
 
 def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = None) -> Mask:
-    device = device if device is not None else _device_of(kv_valid, q_valid)
+    device = _call_device({"kv_valid": kv_valid, "q_valid": q_valid}, device)
     kv_valid = _bool_mask("kv_valid", kv_valid, device)
     check.ndim("kv_valid", tuple(kv_valid.shape), 2, "(B, S)")
     keep = kv_valid[:, None, None, :]
@@ -173,17 +182,24 @@ def attention_padding_mask(kv_valid: Any, q_valid: Any = None, *, device: Any = 
 def segment_mask(
     q_segment_ids: Any, kv_segment_ids: Any = None, *, pad_id: int | None = None, device: Any = None
 ) -> Mask:
-    device = device if device is not None else _device_of(q_segment_ids, kv_segment_ids)
+    device = _call_device({"q_segment_ids": q_segment_ids, "kv_segment_ids": kv_segment_ids}, device)
     q_seg = _integers("q_segment_ids", q_segment_ids, device)
     kv_seg = q_seg if kv_segment_ids is None else _integers("kv_segment_ids", kv_segment_ids, device)
     check.ndim("q_segment_ids", tuple(q_seg.shape), 2, "(B, T)")
     check.ndim("kv_segment_ids", tuple(kv_seg.shape), 2, "(B, S)")
     check.same_batch("q_segment_ids", tuple(q_seg.shape), "kv_segment_ids", tuple(kv_seg.shape))
+    common = check.common_integer_dtype(
+        ("q_segment_ids", "kv_segment_ids"), (_dtypes.name_of(q_seg.dtype), _dtypes.name_of(kv_seg.dtype))
+    )
     q, kv = q_seg[:, None, :, None], kv_seg[:, None, None, :]
-    keep = q == kv
+    keep = q.to(getattr(torch, common)) == kv.to(getattr(torch, common))
     if pad_id is not None:
-        pad_id = check.integer("pad_id", pad_id)
-        keep = keep & (q != pad_id) & (kv != pad_id)
+        # A pad_id outside an array's dtype matches none of its ids (no wrap, no overflow).
+        q_pad, kv_pad = check.pad_id(pad_id, _dtypes.name_of(q.dtype)), check.pad_id(pad_id, _dtypes.name_of(kv.dtype))
+        if q_pad is not None:
+            keep = keep & (q != q_pad)
+        if kv_pad is not None:
+            keep = keep & (kv != kv_pad)
     return keep
 
 
@@ -198,9 +214,8 @@ def prefix_lm_mask(
     t, s = check.q_kv_lengths(q_len, kv_len)
     prefix = _integers("prefix_lengths", prefix_lengths)
     check.ndim("prefix_lengths", tuple(prefix.shape), 1, "(B,)")
-    _check_lengths("prefix_lengths", prefix, s)
-    prefix = _tensor(prefix, device)
-    i, j = _aligned_positions(t, s, align, 0, prefix.device)
+    prefix = _tensor(_lengths("prefix_lengths", prefix, s), device)
+    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, 0), t, s), prefix.device)
     return (j < prefix[:, None, None, None]) | (j <= i)
 
 
@@ -224,7 +239,7 @@ def _softmax_kept(x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy:
     """
     if keep is None:
         return torch.softmax(x, axis)
-    axis = axis % x.ndim if x.ndim else 0
+    axis %= x.ndim
     grad = torch.is_grad_enabled() and x.requires_grad
     tracing = _tracing(x, keep)
     # A row is fully masked iff its mask row has no True: computed at the mask's own (small) shape.
@@ -252,6 +267,7 @@ def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_maske
     scores = _floating("scores", scores, OPS.device_of({"scores": scores, "mask": mask}))
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     keep = arrays.checked_mask(OPS, mask, tuple(scores.shape), scores.device)
+    axis = check.axis(axis, scores.ndim)
     dtype = scores.dtype
     x = scores.to(_compute_dtype(dtype))
     w = _softmax_kept(x, keep, axis, fully_masked, owned=x is not scores)
@@ -318,6 +334,7 @@ def attention(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     q, k, v = arrays.attention_inputs(OPS, {"q": q, "k": k, "v": v}, {"mask": mask, "bias": bias})
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
     shape = check.attention_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
     bias = arrays.checked_bias(OPS, bias, shape, q.device)
     keep = arrays.checked_mask(OPS, mask, shape, q.device)
