@@ -74,7 +74,7 @@ def test_rtol_atol_replace_the_ulp_test():
 
 
 def test_max_ulp_overrides_the_default():
-    _, _, _, mask, _, w = _problem("float32")
+    w = _problem("float32")[-1]
     off = _nudge(w, (1, 1, 0, 2), 3)
     assert_weights_close(off, w)
     with pytest.raises(AssertionError, match=r"more than 2 ULP apart"):
@@ -168,7 +168,7 @@ def test_without_mask_the_report_says_nothing_about_masking():
 
 
 def test_output_report_names_dim_and_the_scale():
-    _, _, v, mask, out, _ = _problem()
+    _, _, _, mask, out, _ = _problem()
     off = out.copy()
     off[0, 1, 2, 4] += 0.01
     with pytest.raises(AssertionError) as excinfo:
@@ -180,8 +180,8 @@ def test_output_report_names_dim_and_the_scale():
 
 
 def test_output_of_a_fully_masked_row_must_be_exactly_zero_under_zero():
-    _, _, v, mask, out, _ = _problem(policy="zero")
-    uniform = oracle.attention(*_problem()[:3], mask, fully_masked="uniform")
+    q, k, v, mask, out, _ = _problem(policy="zero")
+    uniform = oracle.attention(q, k, v, mask, fully_masked="uniform")
     with pytest.raises(AssertionError) as excinfo:
         assert_attention_close(uniform, out, mask=mask)
     message = _message(excinfo)
@@ -208,6 +208,182 @@ def test_ulp_distance():
     assert ulp_distance(b, b).tolist() == [0.0, 0.0]
     with pytest.raises(TypeError):
         ulp_distance(x, x.astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool", "complex64", "complex128", "object"])
+def test_ulp_distance_counts_only_floats(dtype):
+    x = np.zeros(3, dtype)
+    with pytest.raises(TypeError, match=rf"ulp_distance: a must be an array of float16, bfloat16, float32 or "
+                                        rf"float64; got dtype {dtype}"):
+        ulp_distance(x, x)
+    with pytest.raises(TypeError, match=rf"ulp_distance: b must be an array of .*; got dtype {dtype}"):
+        ulp_distance(np.zeros(3, np.float32), x)
+
+
+def test_ulp_distance_refuses_two_dtypes_naming_both():
+    x = np.ones(2, np.float32)
+    with pytest.raises(TypeError, match=r"ulp_distance: a and b must have one dtype .*got a float32 and b float64"):
+        ulp_distance(x, x.astype(np.float64))
+    with pytest.raises(TypeError, match="got a bfloat16 and b float16"):
+        ulp_distance(x.astype(numpy_dtype("bfloat16")), x.astype(np.float16))
+
+
+def test_integer_arrays_are_not_weights():
+    w = np.array([[0, 1]], np.int64)
+    with pytest.raises(TypeError, match="actual must be an array of float16, bfloat16, float32 or float64; got "
+                                        "dtype int64"):
+        assert_weights_close(w, w)
+
+
+# ------------------------------------------------------------------------------------------
+# tolerance arguments (every entry point: tests/test_tolerances.py)
+
+
+def test_a_nan_tolerance_no_longer_passes_a_wrong_answer():
+    _, _, _, mask, out, w = _problem()
+    nan = float("nan")
+    with pytest.raises(ValueError, match="max_ulp must be a finite number >= 0; got NaN"):
+        assert_weights_close(0.5 * w, w, mask=mask, max_ulp=nan)
+    with pytest.raises(ValueError, match="rtol must be a finite number >= 0; got NaN"):
+        assert_weights_close(0.5 * w, w, mask=mask, rtol=nan)
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0; got NaN"):
+        assert_weights_close(0.5 * w, w, mask=mask, atol=nan)
+    with pytest.raises(ValueError, match="max_ulp must be a finite number >= 0; got NaN"):
+        assert_attention_close(0.5 * out, out, max_ulp=float("nan"))
+    with pytest.raises(ValueError, match="scale must be a finite number >= 0; got NaN"):
+        assert_attention_close(0.5 * out, out, scale=float("nan"))
+
+
+def test_a_negative_tolerance_is_refused_not_failed():
+    _, _, _, _, out, w = _problem()
+    with pytest.raises(ValueError, match="max_ulp must be a finite number >= 0; got -1, which even identical"):
+        assert_weights_close(w, w.copy(), max_ulp=-1)
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0; got -1e-06"):
+        assert_attention_close(out, out.copy(), atol=-1e-6)
+
+
+def test_zero_tolerances_mean_exact():
+    _, _, _, mask, out, w = _problem()
+    assert_weights_close(w, w.copy(), max_ulp=0, mask=mask)
+    assert_weights_close(w, w.copy(), rtol=0, atol=0, mask=mask)
+    assert_attention_close(out, out.copy(), max_ulp=0)
+    with pytest.raises(AssertionError, match="more than 0 ULP apart"):
+        assert_weights_close(_nudge(w, (0, 0, 0, 0), 1), w, max_ulp=0)
+    with pytest.raises(AssertionError, match="beyond atol=0 rtol=0"):
+        assert_weights_close(_nudge(w, (0, 0, 0, 0), 1), w, rtol=0, atol=0)
+
+
+def test_max_ulp_and_rtol_atol_are_alternatives():
+    _, _, _, _, out, w = _problem()
+    with pytest.raises(ValueError, match=r"max_ulp and rtol/atol are alternatives .*max_ulp=4, rtol=0.001"):
+        assert_weights_close(w, w, max_ulp=4, rtol=1e-3)
+    with pytest.raises(ValueError, match="max_ulp and rtol/atol are alternatives"):
+        assert_attention_close(out, out, max_ulp=4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# values below the smallest normal number (tolerances.flush_to_zero_bound)
+
+
+def _row(values, dtype):
+    return np.array([values], dtype=numpy_dtype(dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_weight_flushed_to_zero_is_not_a_mismatch(dtype):
+    # Row [0, -90]: the oracle's second weight is exp(-90) ~ 8.2e-40, below the smallest normal
+    # number of float32 and bfloat16 (1.2e-38); arithmetic that flushes subnormals gives 0.
+    scores, keep = _row([0.0, -90.0], dtype), np.ones((1, 2), bool)
+    expected = oracle.masked_softmax(scores, keep)
+    assert 0 < float(expected[0, 1]) < np.finfo(np.float32).tiny
+    flushed = expected.copy()
+    flushed[0, 1] = 0
+    # Further apart in ULPs than the bound: only the rule passes it.
+    assert ulp_distance(flushed, expected)[0, 1] > tolerances.ATTENTION_WEIGHTS_MAX_ULP[dtype]
+    assert_weights_close(flushed, expected, mask=keep)
+    assert_weights_close(flushed, expected)
+    assert_weights_close(flushed, expected, mask=keep, scores=scores)
+    assert_weights_close(flushed, expected, mask=keep, rtol=1e-6)
+
+
+def test_a_smallest_subnormal_where_the_oracle_rounds_to_zero_is_not_a_mismatch():
+    expected = _row([1.0, 0.0], "float32")
+    actual = _row([1.0, 1.4e-45], "float32")  # the smallest float32 subnormal
+    keep = np.ones((1, 2), bool)
+    assert_weights_close(actual, expected, mask=keep)
+    assert_weights_close(actual, expected)
+
+
+def test_below_the_bound_on_one_side_only_is_still_a_mismatch():
+    tiny = float(np.finfo(np.float32).tiny)
+    with pytest.raises(AssertionError, match=r"exactly 0 in one and not the other"):
+        assert_weights_close(_row([1.0, 0.0], "float32"), _row([1.0, tiny], "float32"))
+    with pytest.raises(AssertionError, match=r"more than 16 ULP apart"):
+        assert_weights_close(_row([1.0, 8.2e-40], "float32"), _row([1.0, 4 * tiny], "float32"))
+
+
+def test_float16_subnormals_are_compared_in_ulps():
+    # float16 is computed in float32, where its subnormals are normal numbers: no flush to forgive.
+    expected = _row([1.0, 4.5e-5], "float16")  # below float16's smallest normal, 6.1e-5
+    assert expected[0, 1] < np.finfo(np.float16).tiny
+    with pytest.raises(AssertionError, match=r"more than 1 ULP apart"):
+        assert_weights_close(_nudge(expected, (0, 1), 3), expected)
+    with pytest.raises(AssertionError, match=r"exactly 0 in one and not the other"):
+        assert_weights_close(_row([1.0, 0.0], "float16"), expected)
+
+
+def test_where_the_mask_decides_a_subnormal_is_still_a_structure_error():
+    smallest = 1.4e-45
+    kept_then_masked = np.array([[True, False]])
+    with pytest.raises(AssertionError, match=r"exactly 0 in one and not the other(.|\n)*that entry is masked"):
+        assert_weights_close(_row([1.0, smallest], "float32"), _row([1.0, 0.0], "float32"), mask=kept_then_masked)
+    # A fully-masked row under "zero" is exactly 0, with the mask and without it.
+    fully_masked = np.array([[False, False]])
+    for mask in (fully_masked, None):
+        with pytest.raises(AssertionError, match=r"exactly 0 in one and not the other"):
+            assert_weights_close(_row([smallest, 0.0], "float32"), _row([0.0, 0.0], "float32"), mask=mask)
+
+
+def test_outputs_below_the_bound_agree_except_in_fully_masked_rows():
+    expected = _row([8.2e-40, -1.0], "float32")
+    flushed = _row([0.0, -1.0], "float32")
+    assert_attention_close(flushed, expected, rtol=1e-6)  # relative: only the rule passes it
+    normal = 4 * float(np.finfo(np.float32).tiny)
+    with pytest.raises(AssertionError, match=r"worst at \(query=0, dim=0\): actual 0\.0, "):
+        assert_attention_close(flushed, _row([normal, -1.0], "float32"), rtol=1e-6)
+    # A fully-masked row's output under "zero" is exactly 0.
+    fully_masked = np.zeros((1, 1, 3), bool)  # scores (1, T=1, S=3): no key kept
+    with pytest.raises(AssertionError, match=r"exactly 0 in one and not the other(.|\n)*its row is fully masked"):
+        assert_attention_close(_row([1.4e-45, 0.0], "float32")[None], _row([0.0, 0.0], "float32")[None],
+                               mask=fully_masked, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# float64 computed in float32
+
+
+def test_float64_computed_in_float32_is_named_in_the_report():
+    q, k, v, mask, out, w = _problem("float64")
+    # What jax with jax_enable_x64 off computes, cast back to float64.
+    q32, k32, v32 = (x.astype(np.float32) for x in (q, k, v))
+    out32, w32 = oracle.attention(q32, k32, v32, mask, return_weights=True)
+    hint = "hint: float64 expected, values agree to float32: computed in float32?"
+    with pytest.raises(MismatchError, match=r"more than 32 ULP apart(.|\n)*" + re.escape(hint)):
+        assert_weights_close(w32.astype(np.float64), w, mask=mask)
+    with pytest.raises(MismatchError, match=r"more than 64 \* eps(.|\n)*" + re.escape(hint)):
+        assert_attention_close(out32.astype(np.float64), out, mask=mask)
+    # Values that are wrong in float32 too get no such hint.
+    with pytest.raises(MismatchError) as excinfo:
+        assert_weights_close(_nudge(w32, (0, 0, 0, 0), 100).astype(np.float64), w, mask=mask)
+    assert "computed in float32" not in _message(excinfo)
+
+
+def test_a_float32_result_for_a_float64_oracle_names_jax_x64():
+    _, _, _, _, out, _ = _problem("float64")
+    with pytest.raises(AssertionError, match=re.escape(
+            "output: dtype float32 differs from the expected float64 (jax turns float64 into float32 unless "
+            "jax_enable_x64 is on)")):
+        assert_attention_close(out.astype(np.float32), out)
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from refmask.testing import MASK_KINDS, CheckError, CheckReport, check_attention
 from refmask.testing.cases import ATTENTION_CASES
 from refmask.testing.check import CASE_KINDS
 
-FAST = {"examples": 0, "dtypes": ["float32"]}
+FAST: dict[str, Any] = {"examples": 0, "dtypes": ["float32"]}
 
 
 def oracle_bhtd(q, k, v, mask):
@@ -227,7 +229,7 @@ def test_arguments_are_validated():
     with pytest.raises(ValueError, match="examples must be an int >= 0"):
         check_attention(oracle_bhtd, examples=-1)
     with pytest.raises(TypeError, match="fn must be callable"):
-        check_attention(None)
+        check_attention(None)  # type: ignore[arg-type]
 
 
 def test_examples_zero_does_not_import_hypothesis():
@@ -263,7 +265,7 @@ def test_framework_backend(name):
     if name == "jax":
         import jax
 
-        assert ("float64" in report.worst_output_ulp) == bool(jax.config.jax_enable_x64)
+        assert ("float64" in report.worst_output_ulp) == bool(jax.config.read("jax_enable_x64"))
     else:
         assert "float64" in report.worst_output_ulp
 
@@ -303,3 +305,122 @@ def test_fn_may_work_in_place():
         return out
 
     check_attention(in_place, **FAST)
+
+
+# ------------------------------------------------------------------------------------------
+# tolerances, values below the smallest normal number, missing extras
+
+
+def test_a_bad_tolerance_is_refused_before_fn_runs():
+    calls = []
+
+    def wrong(q, k, v, mask):
+        calls.append(1)
+        return 0.5 * oracle_bhtd(q, k, v, mask)
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"max_ulp": float("nan")}, "max_ulp must be a finite number >= 0; got NaN"),
+        ({"atol": float("nan")}, "atol must be a finite number >= 0; got NaN"),
+        ({"rtol": -1e-3}, "rtol must be a finite number >= 0; got -0.001"),
+        ({"max_ulp": float("inf")}, "max_ulp must be a finite number >= 0; got inf"),
+        ({"max_ulp": 4, "rtol": 1e-3}, "max_ulp and rtol/atol are alternatives"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_attention(wrong, **kwargs)
+    with pytest.raises(TypeError, match="max_ulp must be a finite number >= 0; got bool True"):
+        check_attention(wrong, max_ulp=True)
+    assert calls == []
+    with pytest.raises(CheckError):  # and with a good tolerance the wrong kernel is caught
+        check_attention(wrong, max_ulp=64, **FAST)
+
+
+def _one_row_catalogue(monkeypatch, k_values):
+    """Replace the catalogue by one case: q = [1], keys k_values (D = 1), so the scores are k_values."""
+    from refmask.testing import check as check_module
+    from refmask.testing.cases import AttentionCase, numpy_dtype
+
+    s = len(k_values)
+
+    class OneRow(AttentionCase):
+        def arrays(self, dtype, seed=0):
+            d = numpy_dtype(dtype)
+            return {"q": np.ones((1, 1, 1, 1), d), "k": np.array(k_values, d).reshape(1, 1, s, 1),
+                    "v": np.arange(1, s + 1, dtype=d).reshape(1, 1, s, 1), "scores": np.array(k_values, d)}
+
+    case = OneRow("one-row", (1,), 1, 1, 1, s, 1, 1, lambda: None)
+    monkeypatch.setattr(check_module, "ATTENTION_CASES", (case,))
+
+
+def test_weights_flushed_to_zero_pass_and_count_as_equal(monkeypatch):
+    _one_row_catalogue(monkeypatch, [0.0, -90.0])  # weights [1, exp(-90) = 8.2e-40]
+    tiny = float(np.finfo(np.float32).tiny)
+    subnormal = []
+
+    def flushed_weights(q, k, mask):
+        w = refmask.attention_weights(q, k, mask)
+        w64 = w.astype(np.float64)
+        subnormal.append(bool(((w64 > 0) & (w64 < tiny)).any()))
+        return np.where(np.abs(w64) < tiny, 0.0, w64).astype(w.dtype)  # flushed by hand
+
+    report = check_attention(oracle_bhtd, weights_fn=flushed_weights, dtypes=["float32", "bfloat16"], examples=0)
+    assert subnormal == [True, True]  # the oracle's weights do hold a subnormal in both dtypes
+    assert report.cases == 2
+    assert report.worst_weights_ulp == {"float32": 0.0, "bfloat16": 0.0}
+
+    def normal_instead(q, k, mask):
+        w = refmask.attention_weights(q, k, mask).astype(np.float64)
+        return np.where((w > 0) & (w < tiny), 1e-30, w).astype(q.dtype)
+
+    with pytest.raises(CheckError, match=r"weights: 1 of 2 entries differ \(more than \d+ ULP apart\)"):
+        check_attention(oracle_bhtd, weights_fn=normal_instead, dtypes=["float32"], examples=0)
+
+
+def _run_without(module: str, code: str) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter in which `module` cannot be imported."""
+    prelude = f"import sys\nsys.modules[{module!r}] = None  # import {module} raises ModuleNotFoundError\n"
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, check=False)
+
+
+INSTALL_HINT = 'pip install "refmask[test]" (from a source checkout: pip install -e ".[test]")'
+
+
+def test_without_hypothesis_check_attention_says_what_to_install():
+    result = _run_without("hypothesis", (
+        "import refmask\n"
+        "from refmask.testing import check_attention\n"
+        "fn = lambda q, k, v, m: refmask.attention(q, k, v, m)\n"
+        "print(check_attention(fn, examples=0, dtypes=['float32']).cases)\n"
+        "check_attention(fn)\n"
+    ))
+    assert result.returncode == 1
+    assert result.stdout.split() == ["20"]  # examples=0 needs no hypothesis
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == ("ImportError: check_attention needs hypothesis for examples > 0 (examples=0: the catalogue "
+                    f"alone), which is not installed: {INSTALL_HINT}")
+    assert "ModuleNotFoundError" not in result.stderr
+
+
+def test_without_hypothesis_the_strategies_module_says_what_to_install():
+    result = _run_without("hypothesis", "from refmask.testing import strategies\n")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ImportError: refmask.testing.strategies needs hypothesis, which is not installed: {INSTALL_HINT}")
+    assert "ModuleNotFoundError" not in result.stderr
+
+
+def test_without_ml_dtypes_bfloat16_is_skipped_or_refused():
+    result = _run_without("ml_dtypes", (
+        "import refmask\n"
+        "from refmask.testing import check_attention\n"
+        "fn = lambda q, k, v, m: refmask.attention(q, k, v, m)\n"
+        "report = check_attention(fn, examples=0)\n"
+        "print(sorted(report.worst_output_ulp))\n"
+        "print([s for s in report.skipped if s.startswith('bfloat16')])\n"
+        "check_attention(fn, examples=0, dtypes=['bfloat16'])\n"
+    ))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["['float16', 'float32', 'float64']",
+                                          "['bfloat16: ml_dtypes (bfloat16 in NumPy) is not installed']"]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ImportError: check_attention needs ml_dtypes for bfloat16 in NumPy, which is not installed: {INSTALL_HINT}")

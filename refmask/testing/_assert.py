@@ -3,7 +3,9 @@
 Checks run in order, and the first that fails raises AssertionError with a report a person can
 act on: shape, then dtype, then structure (the same entries NaN; for weights also the same entries
 exactly 0; for outputs, exactly 0 wherever the oracle's row is fully masked and 0), then values
-within the per-dtype tolerance of refmask.testing.tolerances.
+within the per-dtype tolerance of refmask.testing.tolerances. Tolerance arguments are checked
+first of all (tolerances.checks_tolerances), and pairs of values both below
+tolerances.flush_to_zero_bound count as equal except where the mask decides the value.
 
 A report names how many entries differ, the worst one with its index ((batch, head, query, key)
 for weights, (batch, head, query, dim) for outputs), its value and the oracle's, their ULP
@@ -13,6 +15,7 @@ hint when the pattern points at a classic bug.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,20 +24,31 @@ import numpy as np
 from .._backends import to_numpy
 from . import tolerances as tol
 
-_INT_OF_WIDTH = {2: np.int16, 4: np.int32, 8: np.int64}
+_INT_OF_WIDTH: dict[int, type[np.signedinteger[Any]]] = {2: np.int16, 4: np.int32, 8: np.int64}
+
+# The dtypes refmask compares (and counts ULPs in).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
 # Rows at most this long are printed whole in a report (actual and oracle side by side).
 _PRINT_ROW_MAX = 16
 
 
-def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def ulp_distance(a: Any, b: Any) -> np.ndarray:
     """Number of representable values of their (shared) dtype between a and b; +0 and -0 are 0 apart.
 
+    a, b: NumPy, jax or torch arrays of one dtype among FLOAT_DTYPES (integers, bools and complex
+    numbers have no ULPs; two dtypes would leave it open whose ULPs are meant).
     Returned as float64 (exact below 2**53). NaN entries give NaN.
     """
-    a, b = np.asarray(a), np.asarray(b)
+    a, b = _as_numpy(a), _as_numpy(b)
+    for name, x in (("a", a), ("b", b)):
+        if _dtype_name(x.dtype) not in FLOAT_DTYPES:
+            raise TypeError(f"ulp_distance: {name} must be an array of {_FLOAT_NAMES}; "
+                            f"got dtype {_dtype_name(x.dtype)}")
     if a.dtype != b.dtype:
-        raise TypeError(f"ulp_distance needs one dtype; got {a.dtype} and {b.dtype}")
+        raise TypeError(f"ulp_distance: a and b must have one dtype (ULPs of which?); got a {_dtype_name(a.dtype)} "
+                        f"and b {_dtype_name(b.dtype)}: cast one to the other's dtype")
     ints = _INT_OF_WIDTH[a.dtype.itemsize]
     lowest = np.iinfo(ints).min
 
@@ -107,7 +121,7 @@ def index_names(index: tuple[int, ...], last_axis: str = "key") -> str:
     tail = ["head", "query", last_axis][-min(n, 3) :] if n >= 2 else [last_axis]
     lead = n - len(tail)
     batch = ["batch"] if lead == 1 else [f"batch{i}" for i in range(lead)]
-    return "(" + ", ".join(f"{name}={int(i)}" for name, i in zip(batch + tail, index)) + ")"
+    return "(" + ", ".join(f"{name}={int(i)}" for name, i in zip(batch + tail, index, strict=True)) + ")"
 
 
 def _fmt_row(row: np.ndarray) -> str:
@@ -141,6 +155,7 @@ def _worst(
     mask: Any,
     *,
     weights: bool,
+    hint: str | None = None,
 ) -> Mismatch:
     score = np.where(bad, np.nan_to_num(np.asarray(score, dtype=np.float64), nan=np.inf), -np.inf)
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), a.shape))
@@ -154,7 +169,7 @@ def _worst(
     actual_row = expected_row = None
     if a.ndim and a.shape[-1] <= _PRINT_ROW_MAX:
         actual_row, expected_row = a[index[:-1]], e[index[:-1]]
-    hint = _hint(a, e, index, fully, masked, weights)
+    hint = hint or _hint(a, e, index, fully, masked, weights)
     return Mismatch(
         kind,
         int(bad.sum()),
@@ -172,7 +187,8 @@ def _worst(
     )
 
 
-def _hint(a, e, index, fully, masked, weights) -> str | None:
+def _hint(a: np.ndarray, e: np.ndarray, index: tuple[int, ...], fully: bool | None, masked: bool | None,
+          weights: bool) -> str | None:
     """A guess at the bug behind the worst entry, from patterns that recur in attention code."""
     av, ev = float(a[index]), float(e[index])
     if fully:
@@ -223,8 +239,61 @@ def _check_shape_and_dtype(what: str, a: np.ndarray, e: np.ndarray, dtype: Any) 
     if a.shape != e.shape:
         raise AssertionError(f"{what}: shape {a.shape} differs from the oracle's {e.shape}")
     expected_dtype = _dtype_name(e.dtype if dtype is None else dtype)
-    if _dtype_name(a.dtype) != expected_dtype:
-        raise AssertionError(f"{what}: dtype {_dtype_name(a.dtype)} differs from the expected {expected_dtype}")
+    actual_dtype = _dtype_name(a.dtype)
+    if actual_dtype != expected_dtype:
+        why = " (jax turns float64 into float32 unless jax_enable_x64 is on)" if (
+            actual_dtype, expected_dtype) == ("float32", "float64") else ""
+        raise AssertionError(f"{what}: dtype {actual_dtype} differs from the expected {expected_dtype}{why}")
+    if actual_dtype not in FLOAT_DTYPES:
+        raise TypeError(f"actual must be an array of {_FLOAT_NAMES}; got dtype {actual_dtype}")
+    if _dtype_name(e.dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"expected must be an array of {_FLOAT_NAMES}; got dtype {_dtype_name(e.dtype)}")
+
+
+def _mask_decides(mask: Any, e: np.ndarray, *, weights: bool) -> np.ndarray:
+    """Where the mask, not the arithmetic, sets the oracle's value: masked weights and fully-masked
+    rows (for outputs, their whole row). Without a mask that fits: for weights, rows whose oracle
+    weights are all 0 (a row with a kept key sums to 1); for outputs, nowhere."""
+    if e.ndim == 0:
+        return np.zeros((), bool)
+    keep = _keep_for(mask, e.shape[:-1], e.shape[-1] if weights else None)
+    if keep is None:
+        if not weights:
+            return np.zeros(e.shape, bool)
+        return np.broadcast_to((e.astype(np.float64) == 0).all(axis=-1, keepdims=True), e.shape)
+    fully = ~keep.any(axis=-1, keepdims=True)
+    return (~keep | fully) if weights else np.broadcast_to(fully, e.shape)
+
+
+def _flushed(a: np.ndarray, e: np.ndarray, mask: Any, *, weights: bool) -> np.ndarray:
+    """Entries that count as equal by tolerances.subnormals_agree (both below the flush-to-zero
+    bound), where the mask does not decide the value."""
+    return tol.subnormals_agree(a, e) & ~_mask_decides(mask, e, weights=weights)
+
+
+_FLOAT32_HINT = ("float64 expected, values agree to float32: computed in float32? (as jax does unless "
+                 "jax_enable_x64 is on)")
+
+
+def _float32_weights_hint(a: np.ndarray, e: np.ndarray, bad: np.ndarray, table: Mapping[str, float] | None,
+                          scores: Any, mask: Any) -> str | None:
+    """_FLOAT32_HINT when float64 weights that differ all agree to float32's tolerance."""
+    if a.dtype != np.float64:
+        return None
+    a32, e32 = a.astype(np.float32), e.astype(np.float32)
+    if scores is not None:
+        bound = np.broadcast_to(tol.softmax_max_ulp("float32", scores, mask), a.shape)[bad]
+    else:
+        default = tol.ATTENTION_WEIGHTS_MAX_ULP["float32"]
+        bound = (table or tol.ATTENTION_WEIGHTS_MAX_ULP).get("float32", default)
+    near = (ulp_distance(a32[bad], e32[bad]) <= bound) | tol.subnormals_agree(a32[bad], e32[bad])
+    return _FLOAT32_HINT if bool(near.all()) else None
+
+
+def _float32_output_hint(a64: np.ndarray, e64: np.ndarray, bad: np.ndarray, ref: float) -> str | None:
+    """_FLOAT32_HINT when float64 outputs that differ all agree to float32's output tolerance."""
+    allowed = tol.ATTENTION_OUTPUT_MAX_ULP["float32"] * tol.eps("float32") * ref
+    return _FLOAT32_HINT if bool((np.abs(a64[bad] - e64[bad]) <= allowed).all()) else None
 
 
 def _check_nans(what: str, a: np.ndarray, e: np.ndarray, mask: Any, *, weights: bool) -> None:
@@ -248,6 +317,7 @@ def _check_zeros(
                             weights=weights))
 
 
+@tol.checks_tolerances
 def assert_weights_close(
     actual: Any,
     expected: Any,
@@ -257,31 +327,37 @@ def assert_weights_close(
     rtol: float | None = None,
     atol: float | None = None,
     mask: Any = None,
-    table: dict[str, int] | None = None,
+    table: Mapping[str, float] | None = None,
     scores: Any = None,
 ) -> None:
     """Assert attention weights (or a masked softmax) equal the oracle's.
 
     Structure exactly (shape, dtype, the same entries NaN, the same entries exactly 0), then values
-    within max_ulp ULPs of actual's dtype.
+    within max_ulp ULPs of actual's dtype. A pair of weights both below
+    tolerances.flush_to_zero_bound(dtype) counts as equal (and a 0 there is no structure error),
+    except where the mask decides: masked weights must be exactly 0 and fully-masked rows exactly
+    what the policy gives (without `mask`, rows whose oracle weights are all 0 count as fully masked).
 
-    actual, expected: NumPy, jax or torch arrays (any mix), (..., H, T, S); pass the oracle's as
-      `expected`.
+    actual, expected: NumPy, jax or torch arrays (any mix) of float16, bfloat16, float32 or
+      float64, (..., H, T, S); pass the oracle's as `expected`.
     dtype: the dtype actual must have (default: expected's).
+    max_ulp, rtol, atol, table entries: finite numbers >= 0 (anything else raises ValueError or
+      TypeError naming the argument); max_ulp and rtol/atol are alternatives.
     max_ulp: default tolerances.ATTENTION_WEIGHTS_MAX_ULP[dtype] (or `table`[dtype]).
     scores: the scores a masked softmax was computed from; when given (and max_ulp is not), each
       entry's bound is tolerances.softmax_max_ulp(dtype, scores, mask), which accounts for the
       rounding of x - max that exp amplifies in any implementation working in float32 or float64.
     rtol, atol: when given, replace the ULP test by |actual - expected| <= atol + rtol * |expected|.
     mask: the boolean mask (True = attend, broadcastable to the weights); lets the report say
-      whether the worst entry is masked and its row fully masked.
+      whether the worst entry is masked and its row fully masked, and keeps masked weights exact.
     """
     __tracebackhide__ = True
     a, e = _as_numpy(actual), _as_numpy(expected)
     _check_shape_and_dtype("weights", a, e, dtype)
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
     _check_nans("weights", a, e, mask, weights=True)
-    _check_zeros("weights", a, e, mask, None, weights=True)
+    flushed = _flushed(a, e, mask, weights=True)
+    _check_zeros("weights", a, e, mask, ~flushed, weights=True)
     if rtol is not None or atol is not None:
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         excess = np.abs(a64 - e64) - ((atol or 0.0) + (rtol or 0.0) * np.abs(e64))
@@ -294,21 +370,38 @@ def assert_weights_close(
             bad = excess > 0
             kind = "more ULP apart than tolerances.softmax_max_ulp allows for these scores"
         else:
-            bound = max_ulp if max_ulp is not None else tol.tolerance(table or tol.ATTENTION_WEIGHTS_MAX_ULP, a.dtype)
+            flat = max_ulp if max_ulp is not None else tol.tolerance(table or tol.ATTENTION_WEIGHTS_MAX_ULP, a.dtype)
             excess = ulp_distance(a, e)
-            bad = excess > bound
-            kind = f"more than {bound:g} ULP apart"
+            bad = excess > flat
+            kind = f"more than {flat:g} ULP apart"
+    bad &= ~flushed
     if bad.any():
-        _raise("weights", _worst(kind, bad, excess, a, e, mask, weights=True))
+        hint = _float32_weights_hint(a, e, bad, table, scores if max_ulp is None else None, mask)
+        _raise("weights", _worst(kind, bad, excess, a, e, mask, weights=True, hint=hint))
 
 
-def output_error(actual: Any, expected: Any, *, scale: float | None = None) -> float:
-    """Largest |actual - expected| in units of eps(dtype) * scale (scale: largest finite |expected|
-    by default), over entries where expected is not NaN: the number assert_attention_close bounds."""
+def weights_error(actual: Any, expected: Any, *, mask: Any = None) -> float:
+    """Largest ULP distance between weights over the entries assert_weights_close holds to a ULP
+    bound: not NaN, and not a pair both below tolerances.flush_to_zero_bound where the mask does
+    not decide the value."""
     a, e = _as_numpy(actual), _as_numpy(expected)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    d = ulp_distance(a, e)
+    counted = ~np.isnan(d) & ~_flushed(a, e, mask, weights=True)
+    return float(d[counted].max(initial=0.0))
+
+
+@tol.checks_tolerances
+def output_error(actual: Any, expected: Any, *, scale: float | None = None, mask: Any = None) -> float:
+    """Largest |actual - expected| in units of eps(dtype) * scale (scale: largest finite |expected|
+    by default), over entries where expected is not NaN, leaving out pairs both below
+    tolerances.flush_to_zero_bound outside fully-masked rows of `mask`: the number
+    assert_attention_close bounds."""
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     ref = _output_scale(e64) if scale is None else float(scale)
-    diff = np.where(np.isnan(e64), 0.0, np.abs(a64 - e64))
+    diff = np.where(np.isnan(e64) | _flushed(a, e, mask, weights=False), 0.0, np.abs(a64 - e64))
     worst = float(diff.max(initial=0.0))
     if worst == 0.0:
         return 0.0
@@ -321,6 +414,7 @@ def _output_scale(e64: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
+@tol.checks_tolerances
 def assert_attention_close(
     actual: Any,
     expected: Any,
@@ -336,9 +430,14 @@ def assert_attention_close(
 
     Structure exactly (shape, dtype, the same entries NaN; with `mask`, exactly 0 wherever the
     oracle's row is fully masked and 0, as under fully_masked="zero"), then values within
-    max_ulp * eps(dtype) * scale, or, when rtol/atol are given, atol + rtol * |expected|.
+    max_ulp * eps(dtype) * scale, or, when rtol/atol are given, atol + rtol * |expected|. A pair
+    of values both below tolerances.flush_to_zero_bound(dtype) counts as equal, except in the
+    fully-masked rows of `mask`.
 
-    actual, expected: NumPy, jax or torch arrays, (..., H, T, Dv); pass the oracle's as `expected`.
+    actual, expected: NumPy, jax or torch arrays of float16, bfloat16, float32 or float64,
+      (..., H, T, Dv); pass the oracle's as `expected`.
+    max_ulp, scale, rtol, atol: finite numbers >= 0 (anything else raises ValueError or TypeError
+      naming the argument); max_ulp and rtol/atol are alternatives.
     max_ulp: default tolerances.ATTENTION_OUTPUT_MAX_ULP[dtype].
     scale: default the largest finite |expected|; pass max|v| when you have it (outputs can cancel
       to near 0, so a relative test is meaningless there).
@@ -352,18 +451,21 @@ def assert_attention_close(
     _check_nans("output", a, e, mask, weights=False)
     keep = _keep_for(mask, a.shape[:-1], None) if a.ndim else None
     if keep is not None:
-        fully_masked_rows = ~keep.any(axis=-1)[..., None] & (e.astype(np.float64) == 0)
+        fully_masked_rows = ~keep.any(axis=-1, keepdims=True) & (e.astype(np.float64) == 0)
         _check_zeros("output", a, e, mask, np.broadcast_to(fully_masked_rows, a.shape), weights=False)
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    ref = _output_scale(e64) if scale is None else float(scale)
+    allowed: np.ndarray | float
     if rtol is not None or atol is not None:
         allowed = (atol or 0.0) + (rtol or 0.0) * np.abs(e64)
         kind = f"beyond atol={atol} rtol={rtol}"
     else:
         bound = max_ulp if max_ulp is not None else tol.tolerance(tol.ATTENTION_OUTPUT_MAX_ULP, a.dtype)
-        ref = _output_scale(e64) if scale is None else float(scale)
         allowed = bound * tol.eps(a.dtype) * ref
         kind = f"more than {bound:g} * eps * {ref:g} apart"
-    excess = np.where(np.isnan(e64), -np.inf, np.abs(a64 - e64) - allowed)
+    skip = np.isnan(e64) | _flushed(a, e, mask, weights=False)
+    excess = np.where(skip, -np.inf, np.abs(a64 - e64) - allowed)
     bad = excess > 0
     if bad.any():
-        _raise("output", _worst(kind, bad, excess, a, e, mask, weights=False))
+        hint = _float32_output_hint(a64, e64, bad, ref) if a.dtype == np.float64 else None
+        _raise("output", _worst(kind, bad, excess, a, e, mask, weights=False, hint=hint))

@@ -8,11 +8,13 @@
 It runs `fn` over the shared case catalogue (refmask.testing.cases.ATTENTION_CASES, filtered by
 mask kind) and over hypothesis-generated examples (refmask.testing.strategies.attention_cases),
 holding each output to the oracle with assert_attention_close (and, with weights_fn=, each weight
-matrix with assert_weights_close). hypothesis is imported only when examples > 0.
+matrix with assert_weights_close). hypothesis is imported only when examples > 0, and
+ml_dtypes only for bfloat16.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from .. import oracle
-from .._backends import BACKENDS, from_numpy, installed_backends, to_numpy
-from ._assert import MismatchError, assert_attention_close, assert_weights_close, output_error, ulp_distance
+from .._backends import BACKENDS, from_numpy, install_hint, to_numpy, unavailable_reason
+from . import tolerances as tol
+from ._assert import MismatchError, assert_attention_close, assert_weights_close, output_error, weights_error
 from .cases import ATTENTION_CASES, DTYPES, POLICIES, AttentionCase
 
 LAYOUTS = ("BHTD", "BTHD")
@@ -133,6 +136,7 @@ class _Settings:
     atol: float | None
 
 
+@tol.checks_tolerances
 def check_attention(
     fn: Callable[..., Any],
     *,
@@ -176,7 +180,7 @@ def check_attention(
     zero_length: also run the catalogue's cases with a zero-length axis (T=0, S=0, B=0).
     max_ulp, rtol, atol: tolerances passed on to assert_attention_close / assert_weights_close
       (default: the per-dtype bounds in refmask.testing.tolerances, in units of eps(dtype) * max|v|
-      for outputs and ULPs for weights).
+      for outputs and ULPs for weights); finite numbers >= 0, checked before anything runs.
     seed: hypothesis' seed (runs are reproducible).
 
     A failure names the input (catalogue case or shrunk generated example, with its values when
@@ -194,13 +198,16 @@ def check_attention(
         raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}; got {layout!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
-    if backend not in installed_backends():
-        raise ImportError(f'backend "{backend}" is not installed: pip install "refmask[{backend}]"')
+    why = unavailable_reason(backend)
+    if why is not None:
+        raise ImportError(why)
     if fully_masked is not None and fully_masked not in POLICIES:
         raise ValueError(f"fully_masked must be one of {', '.join(map(repr, POLICIES))} or None; got {fully_masked!r}")
     kinds = _kinds(mask_kinds)
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ValueError(f"examples must be an int >= 0; got {examples!r}")
+    if examples:
+        _require("hypothesis", "check_attention needs hypothesis for examples > 0 (examples=0: the catalogue alone)")
     skipped: list[str] = []
     run_dtypes = _dtypes(dtypes, backend, skipped)
     settings = _Settings(fn, weights_fn, layout, backend, fully_masked or "zero", fully_masked, max_ulp, rtol, atol)
@@ -246,13 +253,36 @@ def _dtypes(dtypes: Iterable[str] | None, backend: str, skipped: list[str]) -> t
             raise ValueError('dtype "float64" with backend="jax" needs jax.config.update("jax_enable_x64", True)')
         chosen = tuple(d for d in chosen if d != "float64")
         skipped.append("float64: jax_enable_x64 is off")
+    if "bfloat16" in chosen:
+        if dtypes is not None:
+            _require("ml_dtypes", "check_attention needs ml_dtypes for bfloat16 in NumPy")
+        elif not _importable("ml_dtypes"):
+            chosen = tuple(d for d in chosen if d != "bfloat16")
+            skipped.append("bfloat16: ml_dtypes (bfloat16 in NumPy) is not installed")
     return chosen
 
 
-def _jax_x64() -> bool:
-    import jax
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name != module:
+            raise
+        return False
+    return True
 
-    return bool(jax.config.jax_enable_x64)
+
+def _require(module: str, what: str) -> None:
+    """Import `module`, or raise a one-line ImportError: `what`, then how to install refmask[test]."""
+    __tracebackhide__ = True
+    if not _importable(module):
+        raise ImportError(f"{what}, which is not installed: {install_hint('test')}")
+
+
+def _jax_x64() -> bool:
+    from jax import dtypes
+
+    return bool(dtypes.canonicalize_dtype(np.float64) == np.float64)
 
 
 def _mask_is_fully_masked_somewhere(mask: np.ndarray | None) -> bool:
@@ -287,7 +317,7 @@ def _as_4d_mask(mask: np.ndarray | None, batch: tuple[int, ...], t: int, s: int)
     return m.reshape((math.prod(batch), *m.shape[nb:]))
 
 
-def _case_arrays(case: AttentionCase, dtype: str, grouped_query: bool):
+def _case_arrays(case: AttentionCase, dtype: str, grouped_query: bool) -> tuple[np.ndarray, ...]:
     a = case.arrays(dtype)
     b = math.prod(case.batch)
     q = a["q"].reshape(b, case.heads, case.q_len, case.head_dim)
@@ -310,7 +340,8 @@ def _fn_name(fn: Callable[..., Any]) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
 
 
-def _context(s: _Settings, fn: Callable[..., Any], q, k, v, mask, dtype: str, label: str, what: str,
+def _context(s: _Settings, fn: Callable[..., Any], q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray,
+             dtype: str, label: str, what: str,
              detail: str = "") -> str:
     shapes = ", ".join(
         f"{n} {_layout_shape(x.shape, s.layout)}" for n, x in (("q", q), ("k", k), ("v", v))
@@ -337,12 +368,12 @@ def _draw_mask(mask: np.ndarray, index: tuple[int, ...] | None) -> str:
             + "\n".join(rows))
 
 
-def _fresh(arrays, backend: str) -> list[Any]:
+def _fresh(arrays: Iterable[np.ndarray], backend: str) -> list[Any]:
     # Writable copies: fn may work in place, and must not change the arrays a report shows.
     return [from_numpy(np.array(x, copy=True), backend) for x in arrays]
 
 
-def _call(s: _Settings, fn, args, context: str) -> np.ndarray:
+def _call(s: _Settings, fn: Callable[..., Any], args: Sequence[np.ndarray], context: str) -> np.ndarray:
     __tracebackhide__ = True
     try:
         out = fn(*_fresh(args, s.backend))
@@ -361,7 +392,8 @@ def _fail(context: str, err: AssertionError, mask: np.ndarray, note: str = "", d
     return CheckError("\n".join(p for p in parts if p))
 
 
-def _probe_weights(s: _Settings, args, expected_w: np.ndarray, mask: np.ndarray, dtype: str) -> str:
+def _probe_weights(s: _Settings, args: Sequence[np.ndarray], expected_w: np.ndarray, mask: np.ndarray,
+                   dtype: str) -> str:
     """Diagnosis of a wrong output: fn's weights, read by calling it with v = identity (Dv = S), so
     that its output is its weights; "" when fn cannot be called that way."""
     q, k = args[0], args[1]
@@ -382,7 +414,8 @@ def _probe_weights(s: _Settings, args, expected_w: np.ndarray, mask: np.ndarray,
             "the error is in the product with v")
 
 
-def _check_one(s: _Settings, q, k, v, mask, dtype: str, label: str, detail: str = "") -> tuple[float, float | None]:
+def _check_one(s: _Settings, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, dtype: str, label: str,
+               detail: str = "") -> tuple[float, float | None]:
     """Run fn (and weights_fn) on one input; raise CheckError, or return (output error, weights ULP)."""
     __tracebackhide__ = True
     expected, expected_w = oracle.attention(q, k, v, mask, fully_masked=s.policy, return_weights=True)
@@ -402,23 +435,20 @@ def _check_one(s: _Settings, q, k, v, mask, dtype: str, label: str, detail: str 
     except AssertionError as err:
         diagnosis = _probe_weights(s, args, expected_w, mask, dtype) if s.weights_fn is None else ""
         raise _fail(context, err, mask, note, diagnosis) from None
-    out_err = output_error(out, expected, scale=v_scale)
+    out_err = output_error(out, expected, scale=v_scale, mask=mask)
     if s.weights_fn is None:
         return out_err, None
     w_context = _context(s, s.weights_fn, q, k, v, mask, dtype, label, "disagrees with the oracle:", detail)
-    w = _call(s, s.weights_fn, args[:2] + (mask,), _context(s, s.weights_fn, q, k, v, mask, dtype, label,
+    w = _call(s, s.weights_fn, (*args[:2], mask), _context(s, s.weights_fn, q, k, v, mask, dtype, label,
                                                              "failed to run", detail))
     try:
         assert_weights_close(w, expected_w, dtype=dtype, max_ulp=s.max_ulp, rtol=s.rtol, atol=s.atol, mask=mask)
     except AssertionError as err:
         raise _fail(w_context, err, mask) from None
-    e = expected_w.astype(w.dtype)
-    finite = ~np.isnan(e.astype(np.float64))
-    w_ulp = float(ulp_distance(w[finite], e[finite]).max(initial=0.0))
-    return out_err, w_ulp
+    return out_err, weights_error(w, expected_w, mask=mask)
 
 
-def _run_examples(s: _Settings, tally: _Tally, kinds, dtypes: Sequence[str], examples: int,
+def _run_examples(s: _Settings, tally: _Tally, kinds: frozenset[str] | None, dtypes: Sequence[str], examples: int,
                   grouped_query: bool, allow_fully_masked: bool, seed: int) -> None:
     __tracebackhide__ = True
     from hypothesis import HealthCheck, Phase, given, settings
@@ -434,7 +464,7 @@ def _run_examples(s: _Settings, tally: _Tally, kinds, dtypes: Sequence[str], exa
               suppress_health_check=list(HealthCheck), print_blob=False,
               phases=[p for p in Phase if p is not Phase.explain])
     @given(example=strategy)
-    def check_generated_example(example):
+    def check_generated_example(example: Any) -> None:
         tally.examples += 1
         q, k, v, mask, dtype = example
         tally.record(dtype, *_check_one(s, q, k, v, mask, dtype, f"generated example {example.describe()}",

@@ -20,8 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from hypothesis import strategies as st
-from hypothesis.strategies import SearchStrategy
+
+from .._backends import install_hint
+
+try:
+    from hypothesis import strategies as st
+    from hypothesis.strategies import SearchStrategy
+except ModuleNotFoundError as err:
+    if err.name != "hypothesis":
+        raise
+    why = f"refmask.testing.strategies needs hypothesis, which is not installed: {install_hint('test')}"
+    raise ImportError(why) from None
 
 from .. import oracle
 from .cases import DTYPES, numpy_dtype
@@ -287,7 +296,7 @@ def attention_cases(
         if not allow_fully_masked and s > 0:
             empty = ~mask.any(axis=-1, keepdims=True)
             mask = mask | (empty & (np.arange(s) == 0))
-        params = tuple((f"{part}.{k}" if len(parts) > 1 else k, v) for part, (_, a) in zip(parts, built)
+        params = tuple((f"{part}.{k}" if len(parts) > 1 else k, v) for part, (_, a) in zip(parts, built, strict=False)
                        for k, v in a.items())
         q = _small_ints(draw, (b, h, t, d), dtype)
         k = _small_ints(draw, (b, h_kv, s, d), dtype)

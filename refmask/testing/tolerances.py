@@ -2,18 +2,29 @@
 
 Weights are compared in ULPs of their dtype; attention outputs, which can cancel to near 0, in
 ULPs of a scale (by default the largest |expected| entry): |actual - expected| <= n * eps * scale.
-Structure is never toleranced: the same entries are exactly 0, the same entries are NaN.
+Structure is never toleranced: the same entries are NaN, and the same entries exactly 0 (except
+for pairs both below flush_to_zero_bound, outside what the mask decides).
 
 Why these numbers: the oracle rounds an exact (float64) result once. A backend computing in the
 input precision (float32, float64) loses a few ULP in exp and in the row sum, and, for
 attention_weights, the rounding of each score s is amplified to about |s - max| ULP by exp;
 the catalogue's scores stay within a few units. float16 and bfloat16 backends accumulate in
 float32 and round once, so they are off by at most one ULP (a double rounding).
+
+Tolerances a caller passes (max_ulp, rtol, atol, scale, table entries) must be finite numbers
+>= 0: check_tolerance says why each other value would pass a wrong answer or fail a right one,
+and checks_tolerances applies it to every entry point of refmask.testing. Values below the
+smallest normal number are compared by flush_to_zero_bound and subnormals_agree.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from numbers import Real
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -34,9 +45,13 @@ VJP_FINITE_DIFFERENCE_ATOL = 1e-8
 
 
 def dtype_name(dtype: Any) -> str:
-    """"float32", "bfloat16", ... for a NumPy, jax or torch dtype or a name."""
-    name = str(dtype)
-    return name.removeprefix("torch.")
+    """"float32", "bfloat16", ... for a NumPy, jax or torch dtype (or scalar type) or a name."""
+    if not isinstance(dtype, str):
+        try:
+            return np.dtype(dtype).name
+        except TypeError:
+            pass  # a torch dtype
+    return str(dtype).removeprefix("torch.")
 
 
 def eps(dtype: Any) -> float:
@@ -46,7 +61,88 @@ def eps(dtype: Any) -> float:
     return float(np.finfo(name).eps)
 
 
-def tolerance(table: dict[str, int], dtype: Any) -> int:
+# The parameter names under which refmask.testing's entry points take a tolerance. Each is checked
+# by check_tolerance (table: each entry) before any comparison runs.
+TOLERANCE_ARGUMENTS = ("max_ulp", "rtol", "atol", "scale", "table")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def check_tolerance(name: str, value: Any) -> float:
+    """`value` as a float; refuse, naming `name`, what cannot be a tolerance.
+
+    A tolerance is a finite real number >= 0. Each refusal closes a way to pass a wrong answer or to
+    fail a right one: every comparison with a NaN bound is False, so nothing would ever exceed it;
+    an infinite bound (or scale) lets every finite value through; a negative one fails even
+    identical arrays; True is 1 and False is 0 to Python, so a bool is a slip, not a bound.
+    """
+    expected = "a finite number >= 0"
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be {expected}; got {type(value).__name__} {value!r}")
+    x = float(value)
+    if math.isnan(x):
+        raise ValueError(f"{name} must be {expected}; got NaN, which no difference exceeds (anything would pass)")
+    if math.isinf(x):
+        raise ValueError(f"{name} must be {expected}; got {value!r}, which lets every finite value pass")
+    if x < 0:
+        raise ValueError(f"{name} must be {expected}; got {value!r}, which even identical arrays exceed")
+    return x
+
+
+def check_table(name: str, value: Any) -> Mapping[str, Any]:
+    """A table of per-dtype tolerances ({"float32": 4, ...}), each entry checked by check_tolerance."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of dtype name -> tolerance, such as tolerances.SOFTMAX_MAX_ULP; "
+                        f"got {type(value).__name__} {value!r}")
+    for key, entry in value.items():
+        check_tolerance(f"{name}[{key!r}]", entry)
+    return value
+
+
+def checks_tolerances(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorator for every refmask.testing function that takes a tolerance: its TOLERANCE_ARGUMENTS
+    other than None (the default) are checked (check_tolerance, check_table) before it runs, so no
+    entry point can forget them.
+    max_ulp together with rtol or atol is refused too: rtol/atol replace the ULP test, and one of
+    the two would be ignored without a word.
+    """
+    signature = inspect.signature(fn)
+    names = [n for n in TOLERANCE_ARGUMENTS if n in signature.parameters]
+    if not names:
+        raise TypeError(f"{fn.__qualname__} takes none of {TOLERANCE_ARGUMENTS}: nothing to check")
+
+    @functools.wraps(fn)
+    def checked(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        __tracebackhide__ = True
+        try:
+            given = signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            return fn(*args, **kwargs)  # Python's own error for a call that does not fit
+        for name in names:
+            value = given.get(name)
+            if value is None:
+                continue  # the default
+            if name == "table":
+                check_table(name, value)
+            else:
+                check_tolerance(name, value)
+        max_ulp = given.get("max_ulp")
+        if max_ulp is not None and (given.get("rtol") is not None or given.get("atol") is not None):
+            raise ValueError(
+                f"max_ulp and rtol/atol are alternatives (rtol/atol replace the ULP test); got max_ulp={max_ulp!r}, "
+                f"rtol={given.get('rtol')!r}, atol={given.get('atol')!r}"
+            )
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+@checks_tolerances
+def tolerance(table: Mapping[str, float], dtype: Any) -> float:
+    """table[dtype], the dtype given as a NumPy, jax or torch dtype or a name."""
     name = dtype_name(dtype)
     if name not in table:
         raise ValueError(f"no tolerance for dtype {name}; refmask compares {', '.join(table)}")
@@ -55,6 +151,48 @@ def tolerance(table: dict[str, int], dtype: Any) -> int:
 
 # Which precision a backend computes a dtype's softmax in: the input's, or float32 for half types.
 COMPUTE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float32", "bfloat16": "float32"}
+
+# The smallest normal number of each dtype (finfo.tiny); bfloat16 has float32's exponent range.
+SMALLEST_NORMAL = {
+    "float64": float(np.finfo(np.float64).tiny),
+    "float32": float(np.finfo(np.float32).tiny),
+    "float16": float(np.finfo(np.float16).tiny),
+    "bfloat16": float(np.finfo(np.float32).tiny),
+}
+
+
+def flush_to_zero_bound(dtype: Any) -> float:
+    """Below this magnitude a value of `dtype` may come back from a correct backend as 0 (or as a
+    subnormal where the oracle rounds to 0): the smallest normal number of the precision it is
+    computed in (COMPUTE_DTYPE).
+
+    Why: arithmetic with flush-to-zero (XLA on CPU, kernels built with fast-math flags) replaces
+    every subnormal result by 0, and an exp that is not correctly rounded may round the smallest
+    subnormals the other way. So for the row [0, -90] in float32 (and bfloat16) the oracle's weight
+    exp(-90) = 8.2e-40 is 0 in jax, and where the oracle rounds a weight to 0, another library may
+    give 1.4e-45. Both are off by less than the smallest normal number, yet hundreds of thousands of
+    ULPs apart: a ULP bound cannot hold them, and they are not wrong.
+    float16 is computed in float32, where its subnormals (6e-8 .. 6.1e-5) are normal numbers that
+    survive the final rounding: they are compared in ULPs like any other value (the bound, float32's
+    smallest normal, is below float16's smallest subnormal).
+
+    See subnormals_agree for where the rule applies.
+    """
+    return SMALLEST_NORMAL[COMPUTE_DTYPE[dtype_name(dtype)]]
+
+
+def subnormals_agree(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """True where actual and expected (NumPy arrays of one dtype) are both below
+    flush_to_zero_bound(dtype) in magnitude: such a pair counts as equal, whatever their ULP
+    distance, and a 0 on one side is then not a structure error.
+
+    refmask.testing applies this only to entries whose value the mask does not decide: never to a
+    masked weight (exactly 0) nor to a fully-masked row (exactly what the fully_masked policy says),
+    which stay exact. Without a mask, a row whose oracle weights are all 0 counts as fully masked.
+    """
+    bound = flush_to_zero_bound(actual.dtype)
+    with np.errstate(invalid="ignore"):
+        return (np.abs(actual.astype(np.float64)) < bound) & (np.abs(expected.astype(np.float64)) < bound)
 
 
 def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
