@@ -99,6 +99,11 @@ def finfo(name: str) -> Any:
     return np.finfo(name)
 
 
+def eps(name: str) -> float:
+    """Machine epsilon of a floating dtype (bfloat16's 2**-7 needs no ml_dtypes)."""
+    return 2.0**-7 if name == "bfloat16" else float(np.finfo(name).eps)
+
+
 def lowest(name: str) -> float:
     """finfo(name).min, the most negative finite value, as a Python float."""
     return float(finfo(name).min)

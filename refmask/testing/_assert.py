@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from .. import _dtypes
 from .._backends import to_numpy
 from . import tolerances as tol
 
 _INT_OF_WIDTH: dict[int, type[np.signedinteger[Any]]] = {2: np.int16, 4: np.int32, 8: np.int64}
 
 # The dtypes refmask compares (and counts ULPs in).
-FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+FLOAT_DTYPES = _dtypes.FLOAT_DTYPES
 _FLOAT_NAMES = "float16, bfloat16, float32 or float64"
 
 # Rows at most this long are printed whole in a report (actual and oracle side by side).

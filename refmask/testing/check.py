@@ -26,50 +26,10 @@ from .. import oracle
 from .._backends import BACKENDS, from_numpy, install_hint, to_numpy, unavailable_reason
 from . import tolerances as tol
 from ._assert import MismatchError, assert_attention_close, assert_weights_close, output_error, weights_error
-from .cases import ATTENTION_CASES, DTYPES, POLICIES, AttentionCase
+from .cases import ATTENTION_CASES, CASE_KINDS, DTYPES, MASK_KINDS, POLICIES, AttentionCase
 
 LAYOUTS = ("BHTD", "BTHD")
 
-# Mask kinds, as check_attention's mask_kinds= and strategies.masks(kind=) name them. A case may
-# combine kinds ("causal+padding"); it runs when every one of its kinds is selected.
-MASK_KINDS = (
-    "none",  # no mask: an all-True mask
-    "causal",  # causal_mask, top-left or bottom-right aligned
-    "sliding_window",  # sliding_window_mask
-    "chunked",  # chunked_mask
-    "padding",  # key padding, (B, 1, 1, S) from attention_padding_mask(padding_mask(...))
-    "query_padding",  # query and key padding, (B, 1, T, S): padded queries attend nowhere
-    "segment",  # segment_mask, packed sequences
-    "prefix_lm",  # prefix_lm_mask
-)
-
-# The kinds of each catalogue case. A case added to the catalogue without an entry here counts as
-# kind "other" and runs only when mask_kinds is None (every kind).
-CASE_KINDS: dict[str, tuple[str, ...]] = {
-    "no-mask": ("none",),
-    "causal-T=S": ("causal",),
-    "causal-T<S-bottom_right": ("causal",),
-    "causal-T>S-bottom_right-fully-masked-rows": ("causal",),
-    "causal-T=1-decode": ("causal",),
-    "S=1": ("causal",),
-    "sliding-window": ("sliding_window",),
-    "causal-sliding-window": ("causal", "sliding_window"),
-    "chunked": ("chunked",),
-    "padding-right": ("padding",),
-    "padding-left": ("padding",),
-    "fully-masked-batch-item": ("padding",),
-    "padding-queries-and-keys": ("padding", "query_padding"),
-    "causal+padding": ("causal", "padding"),
-    "segment-packed": ("segment",),
-    "prefix-lm": ("prefix_lm",),
-    "gqa-causal": ("causal",),
-    "mqa-padding": ("padding",),
-    "no-batch-axis": ("causal",),
-    "two-batch-axes": ("causal",),
-    "T=0": ("causal",),
-    "S=0": ("causal",),
-    "B=0": ("causal",),
-}
 
 # Masks up to this many keys and queries are drawn into a failure report.
 _DRAW_MASK_MAX = 16

@@ -33,8 +33,7 @@ except ModuleNotFoundError as err:
     raise ImportError(why) from None
 
 from .. import oracle
-from .cases import DTYPES, numpy_dtype
-from .check import MASK_KINDS
+from .cases import DTYPES, MASK_KINDS, numpy_dtype
 
 __all__ = ["MASK_KINDS", "AttentionExample", "attention_cases", "lengths", "masks", "segment_ids"]
 

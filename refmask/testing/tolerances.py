@@ -28,6 +28,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
+from .. import _dtypes
+
 SOFTMAX_MAX_ULP = {"float64": 8, "float32": 4, "float16": 1, "bfloat16": 1}
 ATTENTION_WEIGHTS_MAX_ULP = {"float64": 32, "float32": 16, "float16": 1, "bfloat16": 1}
 ATTENTION_OUTPUT_MAX_ULP = {"float64": 64, "float32": 32, "float16": 2, "bfloat16": 2}
@@ -46,19 +48,11 @@ VJP_FINITE_DIFFERENCE_ATOL = 1e-8
 
 def dtype_name(dtype: Any) -> str:
     """"float32", "bfloat16", ... for a NumPy, jax or torch dtype (or scalar type) or a name."""
-    if not isinstance(dtype, str):
-        try:
-            return np.dtype(dtype).name
-        except TypeError:
-            pass  # a torch dtype
-    return str(dtype).removeprefix("torch.")
+    return dtype if isinstance(dtype, str) else _dtypes.name_of(dtype)
 
 
 def eps(dtype: Any) -> float:
-    name = dtype_name(dtype)
-    if name == "bfloat16":
-        return 2.0**-7
-    return float(np.finfo(name).eps)
+    return _dtypes.eps(dtype_name(dtype))
 
 
 # The parameter names under which refmask.testing's entry points take a tolerance. Each is checked
