@@ -17,7 +17,8 @@ from typing import Any
 
 from . import cases, tolerances
 from ._assert import MismatchError, assert_attention_close, assert_weights_close, ulp_distance
-from .check import MASK_KINDS, CheckError, CheckReport, check_attention
+from .cases import MASK_KINDS
+from .check import CheckError, CheckReport, check_attention
 
 __all__ = [
     "MASK_KINDS",
