@@ -1,8 +1,13 @@
-"""Native conformance adapters: each native masking/attention path held against the oracle.
+"""refmask's comparisons with the frameworks: the native conformance matrix and the benchmarks.
+
+Installed with refmask as a top-level package of its own, `comparisons`; the `refmask compare` and
+`refmask bench` commands import it when they run.
 
 - cases.py: the case families (the matrix's columns), NumPy q, k, v + canonical mask + structure;
 - torch_paths.py, jax_paths.py, flax_paths.py: one adapter function per native path (the rows),
   each a readable example of stating refmask's masks in that framework's own conventions;
-- matrix.py: the engine and the `refmask compare` command; RESULTS.md / expected.json: its
-  committed output for the pinned framework versions (see docs/comparisons.md).
+  _base.py: what the adapters share;
+- matrix/: the engine and the `refmask compare` command; RESULTS.md / expected.json: its
+  committed output for the pinned framework versions (see docs/comparisons.md);
+- bench/: the `refmask bench` command (see docs/benchmarks.md).
 """

@@ -38,8 +38,8 @@ class Path:
     convention: str  # one line: how refmask's mask is translated for this path
 
 
-def require(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"), square: bool = False,
-            side: str | None = None, why: str) -> None:
+def check_expressible(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"),
+                      square: bool = False, side: str | None = None, why: str) -> None:
     """Raise NotExpressible unless the case's structure uses only `parts` (and the causal
     alignments / padding side / T = S the path supports); `why` says what the path lacks."""
     spec = case.spec

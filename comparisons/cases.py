@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from refmask import oracle
-from refmask.testing.cases import numpy_dtype
+from refmask._dtypes import numpy_dtype
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None
         parts.append(oracle.attention_padding_mask(kv_valid, q_valid))
     if spec.segments is not None:
         parts.append(oracle.segment_mask(np.array(spec.segments)))
-    return np.broadcast_to(oracle.and_masks(*parts), (b, 1, t, s)).copy()
+    return np.broadcast_to(np.asarray(oracle.and_masks(*parts)), (b, 1, t, s)).copy()
 
 
 def _case(
@@ -111,7 +111,7 @@ def _case(
     if poison is not None:
         # Keys no query may attend to (padded keys) get a poisoned k, so their scores are NaN or
         # +inf; v stays finite (0 * NaN would poison the oracle's output too).
-        dead_keys = ~mask.any(axis=(1, 2))  # (B, S)
+        dead_keys = np.asarray(~mask.any(axis=(1, 2)))  # (B, S)
         if poison == "nan":
             k[dead_keys[:, None, :, None].repeat(h, 1).repeat(d, 3)] = np.nan
         else:

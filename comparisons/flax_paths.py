@@ -24,8 +24,8 @@ from .jax_paths import btnh_qkv, to_bhtd
 FRAMEWORK_VERSION = flax.__version__
 
 
-def flax_mask(case) -> jax.Array:
-    """The case's mask built with Flax's own helpers, (B, 1, T, S), from its structure."""
+def flax_mask(case) -> jax.Array | None:
+    """The case's mask built with Flax's own helpers, (B, 1, T, S), from its structure (None: no mask)."""
     spec = case.spec
     b, _, t, s = case.shape
     masks = []
@@ -61,7 +61,7 @@ def _valid(lengths, n: int, side: str) -> jax.Array:
 
 def flax_weights(case) -> Native:
     """flax.linen.dot_product_attention_weights(q, k, mask=flax_mask(case))."""
-    q, k, v = btnh_qkv(case)
+    q, k, _ = btnh_qkv(case)
     weights = fnn.dot_product_attention_weights(q, k, mask=flax_mask(case), deterministic=True)
     return Native(weights=np.asarray(weights))  # already (B, N, T, S)
 

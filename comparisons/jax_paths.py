@@ -12,12 +12,13 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Native, Path, require
+from ._base import Native, Path, check_expressible
 
 FRAMEWORK_VERSION = jax.__version__
 
@@ -49,11 +50,13 @@ def jax_dpa_mask(case) -> Native:
 def jax_dpa_structure(case) -> Native:
     """jax.nn.dot_product_attention with the mask stated by its structure: is_causal=True (causal),
     key_value_seq_lengths / query_seq_lengths (right padding), local_window_size=(left, right)."""
-    require(case, parts={"causal", "window", "kv_lengths", "q_lengths"}, side="right",
-            why="is_causal / seq lengths / local_window_size state top-left causal, right padding and windows only")
+    check_expressible(
+        case, parts={"causal", "window", "kv_lengths", "q_lengths"}, side="right",
+        why="is_causal / seq lengths / local_window_size state top-left causal, right padding and windows only",
+    )
     spec = case.spec
     q, k, v = btnh_qkv(case)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if spec.causal is not None:
         kwargs["is_causal"] = True
     if spec.window is not None:

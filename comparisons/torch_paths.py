@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from ._base import Native, NotExpressible, Path, require
+from ._base import Native, NotExpressible, Path, check_expressible
 
 FRAMEWORK_VERSION = torch.__version__
 
@@ -103,14 +103,14 @@ def sdpa_additive_min(case) -> Native:
 
 def sdpa_is_causal(case) -> Native:
     """F.scaled_dot_product_attention(is_causal=True): causal only, aligned top-left."""
-    require(case, parts={"causal"}, why="is_causal states a top-left causal mask only")
+    check_expressible(case, parts={"causal"}, why="is_causal states a top-left causal mask only")
     q, k, v = _qkv(case)
     return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
 
 
 def sdpa_causal_upper_left(case) -> Native:
     """attn_mask=causal_upper_left(T, S): the top-left causal mask as a CausalBias."""
-    require(case, parts={"causal"}, why="causal_upper_left states a top-left causal mask only")
+    check_expressible(case, parts={"causal"}, why="causal_upper_left states a top-left causal mask only")
     q, k, v = _qkv(case)
     bias = causal_upper_left(q.shape[-2], k.shape[-2])
     return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
@@ -120,7 +120,8 @@ def sdpa_causal_lower_right(case) -> Native:
     """attn_mask=causal_lower_right(T, S): the bottom-right causal mask as a CausalBias."""
     _, _, t, s = case.shape
     aligns = ("bottom_right", "either") + (("top_left",) if t == s else ())
-    require(case, parts={"causal"}, causal=aligns, why="causal_lower_right states a bottom-right causal mask only")
+    check_expressible(case, parts={"causal"}, causal=aligns,
+                      why="causal_lower_right states a bottom-right causal mask only")
     q, k, v = _qkv(case)
     bias = causal_lower_right(q.shape[-2], k.shape[-2])
     return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
@@ -186,8 +187,8 @@ def mha_fast_path(case) -> Native:
 def mha_square_subsequent(case) -> Native:
     """MHA with attn_mask=nn.Transformer.generate_square_subsequent_mask(T) (float, -inf above the
     diagonal) and key padding as a float key_padding_mask (-inf at padded keys)."""
-    require(case, parts={"causal", "kv_lengths"}, square=True, side="right",
-            why="generate_square_subsequent_mask states a square causal mask only (plus key padding)")
+    check_expressible(case, parts={"causal", "kv_lengths"}, square=True, side="right",
+                      why="generate_square_subsequent_mask states a square causal mask only (plus key padding)")
     if case.spec.causal is None:
         raise NotExpressible("generate_square_subsequent_mask is a causal mask: it cannot state a non-causal case")
     q, k, v = _qkv(case)

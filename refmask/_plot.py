@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ._backends import install_hint
+
 KEPT_COLOR = "#1f4e99"  # query i may attend to key j
 MASKED_COLOR = "#f2f2f2"
 
@@ -22,7 +24,7 @@ def _matplotlib() -> Any:
         from matplotlib.colors import ListedColormap
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise ImportError('refmask show --png needs matplotlib: pip install "refmask[plot]"') from err
+        raise ImportError(f"drawing a PNG needs matplotlib ({err}): {install_hint('plot')}") from err
     return Figure, FigureCanvasAgg, ListedColormap
 
 
@@ -41,7 +43,7 @@ def save_png(mask: np.ndarray, path: str, *, title: str = "", dpi: int = 110) ->
     FigureCanvasAgg(fig)
     cmap = ListedColormap([MASKED_COLOR, KEPT_COLOR])
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for b, (ax, m) in enumerate(zip(axes, panels)):
+    for b, (ax, m) in enumerate(zip(axes, panels, strict=True)):
         ax.imshow(m.astype(np.int8), cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="equal")
         ax.set_xticks(range(s))
         ax.set_yticks(range(t))

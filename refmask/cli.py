@@ -12,10 +12,11 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+# `comparisons` is installed with refmask as a top-level package of its own (see pyproject.toml).
 COMMANDS = {
-    "compare": "refmask.comparisons.matrix",
+    "compare": "comparisons.matrix.command",
     "show": "refmask.show",
-    "bench": "refmask.comparisons.bench",
+    "bench": "comparisons.bench.command",
 }
 
 

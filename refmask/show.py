@@ -46,7 +46,7 @@ def _segments(text: str | None) -> np.ndarray | None:
     """"0,0,1,1" -> [[0,0,1,1]]; batch items separated by ";" or "/": "0,0,1;0,1,1"."""
     if text is None:
         return None
-    rows = [_ints(r, "--segments") for r in text.replace("/", ";").split(";") if r.strip()]
+    rows = [_ints(r, "--segments") or [] for r in text.replace("/", ";").split(";") if r.strip()]
     if len({len(r) for r in rows}) != 1:
         raise ShowError("every batch item of --segments must have the same length")
     return np.array(rows, dtype=np.int64)
@@ -122,10 +122,8 @@ def build_mask(args: argparse.Namespace) -> tuple[np.ndarray, str]:
             masks.append(oracle.prefix_lm_mask(np.array(prefix), t, s, align=args.align))
             described.append(f"prefix_lm prefix_lengths={prefix}")
     mask = oracle.and_masks(*masks)
-    if mask.ndim == 4:
-        mask = np.broadcast_to(mask, (mask.shape[0], 1, t, s))
-    else:
-        mask = np.broadcast_to(mask, (t, s))
+    assert mask is not None  # parse_kinds gives at least one kind
+    mask = np.broadcast_to(mask, (mask.shape[0], 1, t, s) if mask.ndim == 4 else (t, s))
     return mask, f"{' + '.join(described)}; T={t} queries, S={s} keys"
 
 

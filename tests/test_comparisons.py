@@ -5,23 +5,33 @@
 - The whole matrix, run through `python -m refmask compare --format json`, must equal the
   committed comparisons/expected.json for the pinned framework versions: a framework upgrade that
   changes a behaviour shows up as a failing diff (regenerate the files, review the diff, commit).
+  With other versions installed that test is skipped, naming both.
+- Nothing here imports a framework at collection: a test that needs one is skipped, with the
+  install hint, where it is not installed.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from comparisons._base import NotExpressible
+from comparisons._base import Path as NativePath
+from comparisons.cases import Case, all_cases
+from comparisons.matrix.evaluate import evaluate
+from comparisons.matrix.frameworks import FRAMEWORKS, Framework, load_paths, missing_reason
+from comparisons.matrix.render import render_markdown
 from refmask import oracle
+from refmask._backends import missing_dependency
 from refmask.cli import main
-from refmask.comparisons import matrix
-from refmask.comparisons._base import NotExpressible
-from refmask.comparisons.cases import all_cases
 from refmask.testing import assert_attention_close, assert_weights_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,8 +42,48 @@ REGENERATE = (
     "`refmask compare --format md --output comparisons/RESULTS.md`, review the diff and commit it"
 )
 
-PATHS, SKIPPED, VERSIONS = matrix.load_paths()
-CASES = {c.id: c for c in all_cases()}
+COMMITTED = json.loads(EXPECTED.read_text(encoding="utf-8"))
+# The committed matrix's rows: the adapters' tests are parametrized by them, so collecting this
+# module imports no framework.
+COMMITTED_PATHS = [pytest.param(p["id"], p["framework"], id=p["id"]) for p in COMMITTED["paths"]]
+
+
+def needs(framework: str) -> None:
+    """Skip the test, with the install hint, unless `framework`'s adapters can run here."""
+    why = missing_reason(framework)
+    if why is not None:
+        pytest.skip(why)
+
+
+@functools.cache
+def _loaded() -> tuple[dict[str, NativePath], dict[str, str]]:
+    paths, _, versions = load_paths()
+    return {p.id: p for p in paths}, versions
+
+
+@functools.cache
+def _all_cases() -> dict[str, Case]:
+    return {c.id: c for c in all_cases()}
+
+
+def cases() -> dict[str, Case]:
+    """The case families by id; the test is skipped, with the install hint, where the bfloat16
+    case cannot be built."""
+    why = missing_dependency("ml_dtypes", "test", "the bfloat16 case")
+    if why is not None:
+        pytest.skip(why)
+    return _all_cases()
+
+
+def case(case_id: str) -> Case:
+    return cases()[case_id]
+
+
+def native_path(path_id: str, framework: str) -> NativePath:
+    needs(framework)
+    paths, _ = _loaded()
+    assert path_id in paths, f"{path_id} is in comparisons/expected.json but no adapter defines it; {REGENERATE}"
+    return paths[path_id]
 
 
 def _check_against_oracle(path, case, policy=None):
@@ -47,44 +97,57 @@ def _check_against_oracle(path, case, policy=None):
         assert_attention_close(native.output, out)
 
 
-@pytest.mark.parametrize("path", PATHS, ids=[p.id for p in PATHS])
-def test_adapter_reproduces_the_oracle_on_causal(path):
-    _check_against_oracle(path, CASES["causal-square"])
+@pytest.mark.parametrize("path_id, framework", COMMITTED_PATHS)
+def test_adapter_reproduces_the_oracle_on_causal(path_id, framework):
+    _check_against_oracle(native_path(path_id, framework), case("causal-square"))
 
 
-@pytest.mark.parametrize("path", PATHS, ids=[p.id for p in PATHS])
-def test_adapter_reproduces_the_oracle_on_padding(path):
+@pytest.mark.parametrize("path_id, framework", COMMITTED_PATHS)
+def test_adapter_reproduces_the_oracle_on_padding(path_id, framework):
+    path = native_path(path_id, framework)
     try:
-        _check_against_oracle(path, CASES["padding-right"])
+        _check_against_oracle(path, case("padding-right"))
     except NotExpressible as err:
         assert str(err)  # a path that cannot state padding says why
         assert path.id in {"torch.sdpa-is_causal", "torch.sdpa-causal_upper_left", "torch.sdpa-causal_lower_right",
                            "torch.mha-square-subsequent"}
 
 
-def test_adapter_states_its_mask_natively():
-    """The flex mask_mod and Flax mask builders, built from the structure, equal the oracle's masks."""
-    for case in CASES.values():
-        if "torch" in VERSIONS:
-            import torch
-            from torch.nn.attention.flex_attention import create_mask
+def test_every_adapter_is_in_the_committed_matrix():
+    """No adapter escapes the parametrized tests above: the loaded paths are the committed rows."""
+    paths, _ = _loaded()
+    installed = {p["id"] for p in COMMITTED["paths"] if missing_reason(p["framework"]) is None}
+    assert set(paths) == installed, REGENERATE
 
-            from refmask.comparisons.torch_paths import flex_mask_mod
 
-            b, h, t, s = case.shape
-            dense = create_mask(flex_mask_mod(case), b, h, t, s, device="cpu")
-            assert torch.equal(dense, torch.from_numpy(case.mask.copy()).expand(b, h, t, s)), case.id
-        if "flax" in VERSIONS:
-            import numpy as np
+def test_flex_mask_mod_states_the_mask():
+    """The flex mask_mod, built from the structure, equals the oracle's mask on every case."""
+    needs("torch")
+    import torch
+    from torch.nn.attention.flex_attention import create_mask
 
-            from refmask.comparisons.flax_paths import flax_mask
+    from comparisons.torch_paths import flex_mask_mod
 
-            np.testing.assert_array_equal(np.asarray(flax_mask(case)).astype(bool), case.mask, err_msg=case.id)
+    for c in cases().values():
+        b, h, t, s = c.shape
+        dense = create_mask(flex_mask_mod(c), b, h, t, s, device="cpu")
+        assert torch.equal(dense, torch.from_numpy(c.mask.copy()).expand(b, h, t, s)), c.id
+
+
+def test_flax_mask_states_the_mask():
+    """Flax's mask builders, from the structure, equal the oracle's mask on every case."""
+    needs("flax")
+    from comparisons.flax_paths import flax_mask
+
+    for c in cases().values():
+        np.testing.assert_array_equal(np.asarray(flax_mask(c)).astype(bool), c.mask, err_msg=c.id)
 
 
 def test_mha_fast_path_is_really_the_fast_path(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from refmask.comparisons import torch_paths
+    needs("torch")
+    import torch
+
+    from comparisons import torch_paths
 
     calls = []
     native = torch._native_multi_head_attention
@@ -94,7 +157,7 @@ def test_mha_fast_path_is_really_the_fast_path(monkeypatch):
         return native(*args, **kwargs)
 
     monkeypatch.setattr(torch, "_native_multi_head_attention", spy)
-    torch_paths.mha_fast_path(CASES["causal-square"])
+    torch_paths.mha_fast_path(case("causal-square"))
     assert calls, "nn.MultiheadAttention did not take its fast path"
 
 
@@ -109,95 +172,137 @@ def _comparable(result: dict) -> dict:
 
 
 def _pinned(versions: dict) -> dict:
-    return {k: v for k, v in versions.items() if k in matrix.FRAMEWORKS}
+    return {k: v for k, v in versions.items() if k in FRAMEWORKS}
 
 
 def test_matrix_equals_the_committed_expectation():
     """The full `python -m refmask compare --format json` equals comparisons/expected.json."""
-    expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
-    if _pinned(expected["versions"]) != _pinned(VERSIONS):
-        pytest.fail(
-            f"framework versions differ from the recorded ones: recorded {_pinned(expected['versions'])}, "
-            f"installed {_pinned(VERSIONS)}; {REGENERATE}"
-        )
+    _, versions = _loaded()
+    recorded, installed = _pinned(COMMITTED["versions"]), _pinned(versions)
+    if recorded != installed:
+        pytest.skip(f"the matrix was recorded with {recorded}, installed here are {installed}: install "
+                    f"constraints.txt's pins to check it, or {REGENERATE}")
     proc = subprocess.run([sys.executable, "-m", "refmask", "compare", "--format", "json"],
-                          capture_output=True, text=True, check=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    assert [c["id"] for c in got["cases"]] == [c["id"] for c in expected["cases"]]
-    assert [p["id"] for p in got["paths"]] == [p["id"] for p in expected["paths"]]
-    want, have = _comparable(expected), _comparable(got)
+    assert [c["id"] for c in got["cases"]] == [c["id"] for c in COMMITTED["cases"]]
+    assert [p["id"] for p in got["paths"]] == [p["id"] for p in COMMITTED["paths"]]
+    want, have = _comparable(COMMITTED), _comparable(got)
     changed = [f"{k[0]} × {k[1]}: expected {want[k]}, got {have.get(k)}" for k in want if have.get(k) != want[k]]
     assert not changed, "the matrix changed:\n" + "\n".join(changed) + f"\n{REGENERATE}"
 
 
 def test_results_md_renders_expected_json():
     """RESULTS.md and expected.json come from the same matrix (all but the header lines)."""
-    expected = json.loads(EXPECTED.read_text(encoding="utf-8"))
     committed = RESULTS.read_text(encoding="utf-8")
-    rendered = matrix.render_markdown(expected)
+    rendered = render_markdown(COMMITTED)
     body = lambda text: text[text.index("## Matrix"):]  # noqa: E731
     assert body(committed) == body(rendered), REGENERATE
 
 
 def test_committed_matrix_records_the_known_behaviours():
     """The headline facts the docs quote, read from the committed matrix."""
-    cells = {(c["path"], c["case"]): c for c in json.loads(EXPECTED.read_text(encoding="utf-8"))["cells"]}
+    cells = {(c["path"], c["case"]): c for c in COMMITTED["cells"]}
     policy = lambda path, case: cells[(path, case)]["policies"]  # noqa: E731
-    if "torch" in VERSIONS:
-        assert policy("torch.softmax-masked_fill", "fully-masked-row") == ["nan"]
-        assert policy("torch.mha-weights", "fully-masked-row") == ["nan"]
-        assert policy("torch.sdpa-bool", "fully-masked-row") == ["zero"]
-        assert policy("torch.flex_attention", "fully-masked-row") == ["zero"]
-        assert cells[("torch.sdpa-is_causal", "causal-rectangular")]["alignment"] == "top_left"
-        assert cells[("torch.sdpa-causal_lower_right", "causal-rectangular")]["alignment"] == "bottom_right"
-    if "flax" in VERSIONS:
-        assert policy("flax.dot_product_attention_weights", "fully-masked-row") == ["uniform"]
-    if "jax" in VERSIONS:
-        assert policy("jax.softmax-where", "fully-masked-row") == ["zero"]
-        assert policy("jax.dpa-mask", "fully-masked-batch") == ["uniform"]
+    assert policy("torch.softmax-masked_fill", "fully-masked-row") == ["nan"]
+    assert policy("torch.mha-weights", "fully-masked-row") == ["nan"]
+    assert policy("torch.sdpa-bool", "fully-masked-row") == ["zero"]
+    assert policy("torch.flex_attention", "fully-masked-row") == ["zero"]
+    assert cells[("torch.sdpa-is_causal", "causal-rectangular")]["alignment"] == "top_left"
+    assert cells[("torch.sdpa-causal_lower_right", "causal-rectangular")]["alignment"] == "bottom_right"
+    assert policy("flax.dot_product_attention_weights", "fully-masked-row") == ["uniform"]
+    assert policy("jax.softmax-where", "fully-masked-row") == ["zero"]
+    assert policy("jax.dpa-mask", "fully-masked-batch") == ["uniform"]
 
 
 def test_compare_in_process_subset(tmp_path, capsys):
+    needs("torch")
     out = tmp_path / "m.json"
-    argv = ["compare", "--case", "causal-square", "--case", "fully-masked-row", "--path", "sdpa-bool",
-            "--path", "softmax", "--format", "json", "--output", str(out), "--progress", "always"]
+    argv = ["compare", "--framework", "torch", "--case", "causal-square", "--case", "fully-masked-row",
+            "--path", "sdpa-bool", "--path", "softmax", "--format", "json", "--output", str(out),
+            "--progress", "always"]
     assert main(argv) == 0
     err = capsys.readouterr().err
     result = json.loads(out.read_text(encoding="utf-8"))
-    assert {c["case"] for c in result["cells"]} <= {"causal-square", "fully-masked-row"}
+    assert {(c["path"], c["case"]) for c in result["cells"]} == {
+        (p, c) for p in ("torch.sdpa-bool", "torch.softmax-masked_fill") for c in ("causal-square", "fully-masked-row")
+    }
     assert all(c["status"] == "agrees" for c in result["cells"])
-    if result["cells"]:
-        assert "█" in err  # the progress bar
+    assert "█" in err  # the progress bar
 
 
 def test_compare_text_and_markdown(capsys):
-    assert main(["compare", "--case", "causal-square", "--path", "softmax", "--progress", "never"]) == 0
+    needs("torch")
+    argv = ["compare", "--framework", "torch", "--case", "causal-square", "--path", "softmax", "--progress", "never"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith("refmask compare: numpy ")
-    argv = ["compare", "--case", "causal-square", "--path", "softmax", "--format", "md", "--progress", "never"]
-    assert main(argv) == 0
+    assert re.search(r"^torch\.softmax-masked_fill +✓$", text, re.M), text
+    assert main([*argv, "--format", "md"]) == 0
     md = capsys.readouterr().out
-    assert md.startswith("# Native paths against the refmask oracle") and "| path |" in md
+    assert md.startswith("# Native paths against the refmask oracle")
+    assert "| `torch.softmax-masked_fill` | ✓ |" in md
 
 
 def test_missing_framework_is_skipped_not_an_error(monkeypatch):
-    monkeypatch.setitem(matrix.FRAMEWORKS, "nosuchframework", (("nosuchframework_xyz",), "nosuch_paths"))
-    paths, skipped, _ = matrix.load_paths(["nosuchframework"])
+    monkeypatch.setitem(FRAMEWORKS, "nosuchframework",
+                        Framework(("nosuchframework_xyz",), "nosuchextra", "comparisons.nosuch_paths"))
+    paths, skipped, _ = load_paths(["nosuchframework"])
     assert paths == []
-    assert skipped == [{"framework": "nosuchframework", "reason": "nosuchframework_xyz not installed"}]
+    [entry] = skipped
+    assert entry["framework"] == "nosuchframework"
+    assert "nosuchframework_xyz" in entry["reason"] and 'pip install "refmask[nosuchextra]"' in entry["reason"]
+
+
+def test_compare_with_no_framework_says_what_to_install(monkeypatch, capsys):
+    for name in list(FRAMEWORKS):
+        monkeypatch.setitem(FRAMEWORKS, name, Framework((f"{name}_not_installed_xyz",), name, "unused"))
+    assert main(["compare", "--progress", "never"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    [line] = captured.err.splitlines()
+    assert line.startswith("refmask compare: no framework to compare")
+    assert 'pip install "refmask[torch,jax,flax]"' in line and 'pip install -e ".[torch,jax,flax]"' in line
+
+
+def numpy_only_python(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """A Python command line, and its environment, that sees NumPy and this checkout's refmask and
+    comparisons but no other installed package: a numpy-only install."""
+    site = tmp_path / "numpy-only"
+    site.mkdir()
+    installed = Path(np.__file__).resolve().parents[1]
+    try:
+        for name in ("numpy", "numpy.libs"):
+            if (installed / name).exists():
+                (site / name).symlink_to(installed / name)
+        for package in ("refmask", "comparisons"):
+            (site / package).symlink_to(ROOT / package)
+    except OSError as err:  # no symlinks here (Windows without the privilege)
+        pytest.skip(f"cannot symlink a numpy-only environment: {err}")
+    # -S: no site-packages, so only what is linked above can be imported.
+    return [sys.executable, "-S", "-m", "refmask"], {**os.environ, "PYTHONPATH": str(site)}
+
+
+def test_compare_on_a_numpy_only_install_is_one_line(tmp_path):
+    command, env = numpy_only_python(tmp_path)
+    proc = subprocess.run([*command, "compare"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("refmask compare: no framework to compare"), line
+    assert 'pip install "refmask[torch,jax]"' in line and 'pip install -e ".[torch,jax]"' in line
 
 
 def test_not_expressible_and_errors_are_cells_not_crashes():
-    from refmask.comparisons._base import Path as NativePath
-
     def boom(case):
         raise RuntimeError("kernel exploded\nsecond line")
 
     def cannot(case):
         raise NotExpressible("no way to say it")
 
-    case = CASES["causal-square"]
-    err = matrix.evaluate(NativePath("x.boom", "x", "boom", boom, ""), case)
+    causal = case("causal-square")
+    err = evaluate(NativePath("x.boom", "x", "boom", boom, ""), causal)
     assert err.status == "error" and err.reason == "RuntimeError: kernel exploded"
-    na = matrix.evaluate(NativePath("x.na", "x", "na", cannot, ""), case)
+    na = evaluate(NativePath("x.na", "x", "na", cannot, ""), causal)
     assert na.status == "not expressible" and na.text() == "–"

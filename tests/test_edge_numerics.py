@@ -287,3 +287,26 @@ def test_masked_softmax_vjp_checks_its_axis():
         oracle.masked_softmax_vjp(scores, None, scores, axis=2)
     with pytest.raises(TypeError, match=r"axis must be an int; got bool True"):
         oracle.masked_softmax_vjp(scores, None, scores, axis=True)
+
+
+@pytest.mark.parametrize("offset", [2**63, -(2**70), 5, -3])
+def test_flex_mask_mods_take_python_ints_of_any_size_as_the_constructors_do(offset):
+    torch = pytest.importorskip("torch")
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from refmask.torch import mask_mod
+
+    cases = [
+        (mask_mod.causal(4, 6, offset=offset), oracle.causal_mask(4, 6, offset=offset)),
+        (
+            mask_mod.sliding_window(4, 6, window=(2**64, 1), offset=offset),
+            oracle.sliding_window_mask(4, 6, window=(2**64, 1), offset=offset),
+        ),
+        (
+            mask_mod.chunked(4, 6, chunk_size=2**65, offset=offset),
+            oracle.chunked_mask(4, 6, chunk_size=2**65, offset=offset),
+        ),
+        (mask_mod.chunked(4, 6, chunk_size=3, offset=offset), oracle.chunked_mask(4, 6, chunk_size=3, offset=offset)),
+    ]
+    for mod, expected in cases:
+        dense = flex.create_mask(mod, 1, 1, 4, 6, device="cpu")[0, 0]
+        assert torch.equal(dense, torch.from_numpy(expected)), mod

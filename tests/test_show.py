@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 
 import numpy as np
 import pytest
 
 from refmask import oracle, show
+from refmask._backends import missing_dependency
 from refmask.cli import main
 
-needs_matplotlib = pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib")
+_NO_MATPLOTLIB = missing_dependency("matplotlib", "plot", "refmask show --png")
+needs_matplotlib = pytest.mark.skipif(_NO_MATPLOTLIB is not None, reason=_NO_MATPLOTLIB or "")
 
 
 def _show(capsys, *argv: str) -> str:
@@ -116,7 +117,7 @@ def test_every_kind_matches_the_oracle(capsys, argv, expected):
     s = items[0].shape[-1]
     grids = _grids(out)
     assert len(grids) == len(items)
-    for grid, want in zip(grids, items):
+    for grid, want in zip(grids, items, strict=True):
         want = np.broadcast_to(want, (len(grid), s))
         drawn = np.array([[row[2 * j:2 * j + 2] == "██" for j in range(s)] for row in grid])
         np.testing.assert_array_equal(drawn, want)

@@ -556,7 +556,7 @@ def _mask_mod_pairs():
                           oracle.segment_mask(seg_q, SEGMENTS))),
         ("or", rt.mask_mod.prefix_lm(np.array([2, 0, 7]), T, S) | rt.mask_mod.chunked(T, S, chunk_size=2),
          oracle.or_masks(oracle.prefix_lm_mask(np.array([2, 0, 7]), T, S), oracle.chunked_mask(T, S, chunk_size=2))),
-        ("from-mask", rt.mask_mod(oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))),
+        ("from-mask", rt.mask_mod.from_mask(oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))),
          oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))),
     ]
     return pairs

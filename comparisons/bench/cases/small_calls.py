@@ -1,0 +1,109 @@
+"""Case 3: the cost of one small masked_softmax call (checks and dispatch), per call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import refmask
+from refmask import oracle
+
+from ..modes import Sizes
+from ..rows import Ref, Row, own_row, rows_from_times
+from ..timing import interleaved
+from .softmax import numpy_softmax, softmax_inputs
+
+# What case 3 times on one backend, and (jax) how often refmask's jitted function was compiled.
+SmallMeasure = tuple[dict[str, Callable[[], Any]], list[Ref], Callable[[], int] | None]
+
+SMALL_CALL_TARGET = {"numpy": 15e-6, "torch": 30e-6, "jax": 60e-6}
+TORCH_NATIVE = "softmax(masked_fill(~mask, -inf))"
+
+
+def _numpy(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
+    keep = np.broadcast_to(mask, x.shape)
+    fns = {
+        "refmask": lambda: refmask.masked_softmax(x, mask),
+        "oracle": lambda: oracle.masked_softmax(x, mask),
+        "native": lambda: numpy_softmax(x, mask, np.float64),
+        "arithmetic": lambda: oracle._softmax_kept(x.astype(np.float64), keep, -1, "zero"),
+    }
+    refs: list[Ref] = [
+        ("oracle", "refmask.oracle.masked_softmax (no dispatch)", {}),
+        ("native", "plain NumPy, float64", {}),
+        ("arithmetic", "bound: the oracle's arithmetic alone (no checks, no dispatch)", {}),
+    ]
+    return fns, refs, None
+
+
+def _jax(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
+    import jax
+    import jax.numpy as jnp
+
+    xs, ms = jnp.asarray(x), jnp.asarray(mask)
+    compiled = jax.jit(lambda s, m: refmask.masked_softmax(s, m, backend="jax"))
+    native = jax.jit(lambda s, m: jax.nn.softmax(s, axis=-1, where=m))
+    fns = {
+        "refmask": lambda: compiled(xs, ms),
+        "eager": lambda: refmask.masked_softmax(xs, ms),
+        "native": lambda: native(xs, ms),
+    }
+    refs: list[Ref] = [
+        ("eager", "refmask.masked_softmax, eager call (public API)", {}),
+        ("native", "jax.nn.softmax(where=mask), jit", {}),
+    ]
+    return fns, refs, getattr(compiled, "_cache_size", None)
+
+
+def _torch(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
+    import torch
+
+    xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+    fns = {
+        "refmask": lambda: refmask.masked_softmax(xt, mt),
+        "native": lambda: torch.softmax(xt.masked_fill(~mt, float("-inf")), dim=-1),
+    }
+    return fns, [("native", TORCH_NATIVE, {})], None
+
+
+MEASURES = {"numpy": _numpy, "jax": _jax, "torch": _torch}
+
+
+def case_small_calls(sizes: Sizes, backends: dict[str, str]) -> list[Row]:
+    x, mask = softmax_inputs(sizes.small)
+    rows: list[Row] = []
+    for backend, why in backends.items():
+        if why:
+            rows.append(Row(3, backend, f"masked_softmax {sizes.small}, per call", "native", skipped=why))
+            continue
+        subject = f"masked_softmax {sizes.small}{', jit' if backend == 'jax' else ''}, per call"
+        fns, refs, compilations = MEASURES[backend](x, mask)
+        times = interleaved(fns, sizes.repeats, calls=sizes.calls)
+        note = ""
+        if compilations is not None and not isinstance(times.get("refmask"), str):
+            note = f"compiled {compilations()} time(s) over all calls"
+        rows.append(own_row(3, backend, subject, times, SMALL_CALL_TARGET[backend], note))
+        rows += rows_from_times(3, backend, times, subject, refs)
+        if backend == "torch":
+            rows += _torch_single_thread(fns, sizes, subject)
+    return rows
+
+
+def _torch_single_thread(fns: dict[str, Callable[[], Any]], sizes: Sizes, subject: str) -> list[Row]:
+    """Case 3 again with torch.set_num_threads(1): on a busy machine, waking torch's intra-op thread
+    pool costs milliseconds even for an (8, 8) tensor, so the default-threads time measures the load."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return []
+    torch.set_num_threads(1)
+    try:
+        times = interleaved(fns, sizes.repeats, calls=sizes.calls)
+    finally:
+        torch.set_num_threads(threads)
+    subject = f"{subject}, torch.set_num_threads(1)"
+    own = own_row(3, "torch", subject, times, SMALL_CALL_TARGET["torch"])
+    return [own, *rows_from_times(3, "torch", times, subject, [("native", TORCH_NATIVE, {})])]

@@ -1,0 +1,112 @@
+"""Why a cell differs: its max error and a one-line reason (NaN leaks, entries beyond tolerance, and
+what the path gives on fully-masked rows)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refmask import oracle
+from refmask.testing import assert_attention_close, assert_weights_close
+
+from ..cases import Case
+from .cell import POLICIES
+
+
+def _fully_masked_rows(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """(B, H, T) bool: the query rows with no kept key."""
+    return np.asarray(~np.broadcast_to(mask, shape).any(axis=-1))
+
+
+def _max_abs(a: np.ndarray, e: np.ndarray) -> float:
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    if a64.size == 0:
+        return 0.0
+    if (np.isnan(a64) != np.isnan(e64)).any():
+        return float("inf")
+    d = np.abs(np.where(np.isnan(e64), 0.0, a64 - e64))
+    return float(np.nan_to_num(d, nan=np.inf).max())
+
+
+def _row_behaviour(native, rows: np.ndarray, q, k, v, mask) -> str:
+    """What the path gives on fully-masked rows: "zero", "uniform", "nan", "mixed" or "other"."""
+    kinds = set()
+    for policy in (*POLICIES, "unmasked"):
+        if policy == "unmasked":  # the row's plain softmax, as if nothing were masked
+            out, weights = oracle.attention(q, k, v, None, return_weights=True)
+        else:
+            out, weights = oracle.attention(q, k, v, mask, fully_masked=policy, return_weights=True)
+        ok = True
+        for got, want in ((native.weights, weights), (native.output, out)):
+            if got is None:
+                continue
+            g, w = got[rows].astype(np.float64), want[rows].astype(np.float64)
+            same_nan = np.array_equal(np.isnan(g), np.isnan(w))
+            close = np.allclose(np.nan_to_num(g), np.nan_to_num(w), rtol=1e-2, atol=1e-2)
+            ok &= bool(same_nan and close)
+        if ok:
+            kinds.add(policy)
+    if len(kinds) == 1:
+        return kinds.pop()
+    if native.weights is not None:
+        g = native.weights[rows].astype(np.float64)
+    else:
+        g = native.output[rows].astype(np.float64)
+    return "mixed" if np.isnan(g).any() and not np.isnan(g).all() else "other"
+
+
+_ROW_WORDS = {
+    "zero": "gives 0 (zero)",
+    "uniform": "gives uniform 1/S weights (uniform)",
+    "nan": "gives NaN (nan)",
+    "unmasked": "give the softmax of their raw scores, as if unmasked (the fill cancels out)",
+    "mixed": "gives NaN in some entries only",
+    "other": "gives neither 0, uniform nor NaN",
+}
+
+
+def _max_error(native, q, k, v, mask) -> float:
+    """max |native - oracle| over every entry, under the policy that makes it smallest (inf: a NaN
+    where the oracle has a number, or the reverse)."""
+    best = float("inf")
+    for policy in POLICIES:
+        out, weights = oracle.attention(q, k, v, mask, fully_masked=policy, return_weights=True)
+        errors = [_max_abs(got, want) for got, want in ((native.weights, weights), (native.output, out))
+                  if got is not None]
+        best = min(best, max(errors))
+    return best
+
+
+def explain(native, case: Case, q, k, v, mask) -> tuple[float, str]:
+    """Max error and a one-line reason the path differs from the oracle under every policy."""
+    full = _fully_masked_rows(mask, case.shape)
+    kept = ~full
+    out, weights = oracle.attention(q, k, v, mask, fully_masked="zero", return_weights=True)
+    found: dict[str, list[str]] = {}  # reason -> the returned arrays ("weights", "output") it applies to
+    for name, got, want in (("weights", native.weights, weights), ("output", native.output, out)):
+        if got is None:
+            continue
+        g, w = got[kept], want[kept]
+        if np.isnan(g.astype(np.float64)).any():
+            if case.poison == "nan":
+                found.setdefault("masked NaN scores leak into the {} of rows with kept keys", []).append(name)
+            elif case.poison == "inf":
+                found.setdefault("masked +inf scores leak (as NaN) into the {} of rows with kept keys", []).append(name)
+            else:
+                found.setdefault("NaN in the {} of rows with kept keys", []).append(name)
+            continue
+        try:
+            if name == "weights":
+                assert_weights_close(g, w)
+            else:
+                assert_attention_close(g, w)
+        except AssertionError as err:
+            # "weights: 4 of 100 entries differ (more than 1 ULP apart)" -> "4 of 100 entries more than 1 ULP apart"
+            first = str(err).splitlines()[0].split(": ", 1)[-1]
+            first = first.replace(" differ (", " ").rstrip(")")
+            found.setdefault(f"{{}} of rows with kept keys beyond tolerance: {first}", []).append(name)
+    reasons = [template.format(" and ".join(names)) for template, names in found.items()]
+    if full.any():
+        behaviour = _row_behaviour(native, full, q, k, v, mask)
+        if behaviour in ("unmasked", "mixed", "other") or not reasons:
+            reasons.append(f"fully-masked rows {_ROW_WORDS[behaviour]}")
+    return _max_error(native, q, k, v, mask), "; ".join(reasons) or "differs from the oracle"
