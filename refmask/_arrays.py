@@ -140,6 +140,11 @@ def bool_mask(ops: ArrayOps, name: str, mask: Any, device: Any = None) -> Any:
 
 def converter_hint(dtype: str, shape: tuple[int, ...], values: np.ndarray[Any, Any] | None) -> str:
     """Which converter fits a non-boolean mask, judged from its dtype, shape and (when known) values."""
+    if _dtypes.is_integer(dtype) and len(shape) == 1:
+        return (
+            "A 1-D integer array looks like lengths: refmask.padding_mask(lengths, max_len) builds the "
+            "(B, S) validity mask from them (then refmask.attention_padding_mask for the (B, 1, 1, S) form)"
+        )
     if values is not None and values.size:
         v = values.astype(np.float64)
         zero_one = bool(np.isin(v, (0.0, 1.0)).all())
@@ -156,7 +161,7 @@ def converter_hint(dtype: str, shape: tuple[int, ...], values: np.ndarray[Any, A
             )
         if _dtypes.is_floating(dtype) and bool((v <= 0).all()):
             return (
-                "a float array of 0 and negative values is an additive mask: convert it with "
+                "A float array of 0 and negative values is an additive mask: convert it with "
                 "refmask.from_additive (threshold= for fills such as -1e9)"
             )
     return (
