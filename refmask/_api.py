@@ -80,7 +80,7 @@ def _generate(fn: Callable[..., Any]) -> Callable[..., Any]:
     public.__module__ = "refmask"
     public.__qualname__ = fn.__name__
     public.__signature__ = public_signature(fn)
-    return public  # type: ignore[no-any-return]
+    return public
 
 
 for _name in PUBLIC:
@@ -126,10 +126,15 @@ def stub_source() -> str:
     """The text of refmask/_api.pyi: per public function, one overload per backend's array type."""
     head = (
         '"""Types of the public API generated in refmask/_api.py (regenerate: python -m refmask._stubgen)."""\n\n'
+        "import inspect\n"
+        "from collections.abc import Callable\n"
         "from typing import Any, Literal, overload\n\n"
         "import jax\nimport numpy as np\nimport torch\n\n"
         "from ._arrays import ArrayLike\n\n"
-        "PUBLIC: tuple[str, ...]\n"
+        "PUBLIC: tuple[str, ...]\n\n"
+        "def array_parameters(fn: Callable[..., Any]) -> tuple[str, ...]: ...\n"
+        "def public_signature(fn: Callable[..., Any]) -> inspect.Signature: ...\n"
+        "def stub_source() -> str: ...\n"
     )
     blocks = []
     for name in PUBLIC:

@@ -1,5 +1,7 @@
 """Types of the public API generated in refmask/_api.py (regenerate: python -m refmask._stubgen)."""
 
+import inspect
+from collections.abc import Callable
 from typing import Any, Literal, overload
 
 import jax
@@ -9,6 +11,10 @@ import torch
 from ._arrays import ArrayLike
 
 PUBLIC: tuple[str, ...]
+
+def array_parameters(fn: Callable[..., Any]) -> tuple[str, ...]: ...
+def public_signature(fn: Callable[..., Any]) -> inspect.Signature: ...
+def stub_source() -> str: ...
 
 
 @overload

@@ -23,7 +23,9 @@ The array API of the JAX backend is refmask's public API with backend="jax" (or 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -42,7 +44,9 @@ def _flax_layout_to_refmask(x: jax.Array) -> jax.Array:
     return jnp.swapaxes(x, -3, -2)
 
 
-def _promote(query, key, value, dtype, promote_dtype):
+def _promote(
+    query: jax.Array, key: jax.Array, value: jax.Array, dtype: Any, promote_dtype: Callable[..., Any] | None
+) -> tuple[jax.Array, ...]:
     if promote_dtype is None:
         from flax.linen.dtypes import promote_dtype as linen_promote
 
@@ -51,6 +55,7 @@ def _promote(query, key, value, dtype, promote_dtype):
 
 
 def _sow(module: Any, weights: jax.Array) -> None:
+    nnx: ModuleType | None
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover - flax without nnx
@@ -116,7 +121,8 @@ def dot_product_attention(
             "use flax.linen.dot_product_attention for quantized or custom einsums"
         )
     named = {"query": query, "key": key, "value": value}
-    query, key, value = _promote(*arrays.attention_inputs(OPS, named), dtype, promote_dtype)
+    query, key, value = arrays.attention_inputs(OPS, named)
+    query, key, value = _promote(query, key, value, dtype, promote_dtype)
     _check_flax_layout(query.shape, key.shape, value.shape)
     q, k, v = (_flax_layout_to_refmask(x) for x in (query, key, value))
     if mask is not None:
@@ -130,7 +136,8 @@ def dot_product_attention(
         out = refmask.attention(
             q, k, v, mask, bias=bias, is_causal=is_causal, fully_masked=fully_masked, backend="jax"
         )
-        return _flax_layout_to_refmask(out)
+        # Without return_weights the result is the output alone, not an (output, weights) pair.
+        return _flax_layout_to_refmask(cast(jax.Array, out))
     if is_causal:
         mask = refmask.and_masks(mask, refmask.causal_mask(q.shape[-2], k.shape[-2], backend="jax"))
     weights = refmask.attention_weights(q, k, mask, bias=bias, fully_masked=fully_masked, backend="jax")

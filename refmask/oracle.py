@@ -53,8 +53,8 @@ __all__ = [
 
 # Query rows processed at once by `attention` when weights are not returned: the float64 scores
 # of one block stay near 32 MiB, so peak memory does not grow with T. Smaller blocks mean more
-# (smaller) BLAS calls, each of which waits for BLAS's threads: on a busy 2-core machine 16 MiB
-# blocks made (4, 8, 1024, 1024, 64) attention 3x slower (docs/benchmarks.md).
+# (smaller) BLAS calls, each of which waits for BLAS's threads, so blocks much smaller than this
+# cost time (docs/benchmarks.md).
 _ATTENTION_BLOCK_ELEMENTS = 1 << 22
 
 
@@ -550,7 +550,17 @@ def _query_rows(a: np.ndarray | None, start: int, stop: int) -> np.ndarray | Non
     return a[..., start:stop, :]
 
 
-def _block_weights(q, k, bias, mask, scale, fully_masked, shape, start, stop) -> np.ndarray:
+def _block_weights(
+    q: np.ndarray,
+    k: np.ndarray,
+    bias: np.ndarray | None,
+    mask: np.ndarray | None,
+    scale: float | None,
+    fully_masked: str,
+    shape: tuple[int, ...],
+    start: int,
+    stop: int,
+) -> np.ndarray:
     """float64 weights of query rows start:stop."""
     q_rows = q[..., start:stop, :]
     block_shape = (*shape[:-2], stop - start, shape[-1])

@@ -312,7 +312,13 @@ def _softmax_core(
 
 
 @_softmax_core.defjvp
-def _softmax_core_jvp(axis, fully_masked, compensate, primals, tangents):
+def _softmax_core_jvp(
+    axis: int,
+    fully_masked: str,
+    compensate: bool,
+    primals: tuple[jax.Array, jax.Array | None],
+    tangents: tuple[jax.Array, Any],
+) -> tuple[jax.Array, jax.Array]:
     x, keep = primals
     x_dot, _ = tangents
     w = _softmax_core(x, keep, axis, fully_masked, compensate)
@@ -349,7 +355,15 @@ def _grouped(a: jax.Array, kv_heads: int) -> jax.Array:
     return a.reshape(*a.shape[:-3], kv_heads, a.shape[-3] // kv_heads, *a.shape[-2:])
 
 
-def _weights(q, k, bias, mask, scale, fully_masked, is_causal):
+def _weights(
+    q: jax.Array,
+    k: jax.Array,
+    bias: jax.Array | None,
+    mask: jax.Array | None,
+    scale: jax.Array,
+    fully_masked: str,
+    is_causal: bool,
+) -> tuple[jax.Array, int | None]:
     """Compute-dtype weights (..., H, T, S), and the (H_kv, G) grouping used (None without heads)."""
     cdt = _compute_dtype(q.dtype)
     hp = lax.Precision.HIGHEST
@@ -370,7 +384,18 @@ def _weights(q, k, bias, mask, scale, fully_masked, is_causal):
     return _softmax_core(s, mask, -1, fully_masked, _compensate(q.dtype)), groups
 
 
-def _attention_impl(q, k, v, mask, bias, scale, *, fully_masked, is_causal, return_weights):
+def _attention_impl(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    bias: jax.Array | None,
+    scale: jax.Array,
+    *,
+    fully_masked: str,
+    is_causal: bool,
+    return_weights: bool,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     w, groups = _weights(q, k, bias, mask, scale, fully_masked, is_causal)
     vc = v.astype(w.dtype)
     hp = lax.Precision.HIGHEST
@@ -383,7 +408,9 @@ def _attention_impl(q, k, v, mask, bias, scale, *, fully_masked, is_causal, retu
     return (out, w.astype(q.dtype)) if return_weights else out
 
 
-def _attention_weights_impl(q, k, mask, bias, scale, *, fully_masked):
+def _attention_weights_impl(
+    q: jax.Array, k: jax.Array, mask: jax.Array | None, bias: jax.Array | None, scale: jax.Array, *, fully_masked: str
+) -> jax.Array:
     w, _ = _weights(q, k, bias, mask, scale, fully_masked, False)
     return w.astype(q.dtype)
 

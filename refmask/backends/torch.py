@@ -276,7 +276,7 @@ def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_maske
 
 def _grouped(q: torch.Tensor, h_kv: int) -> torch.Tensor:
     """(..., H, T, D) -> (..., H_kv, H // H_kv, T, D): query head h reads key/value head h // G."""
-    return q.unflatten(-3, (h_kv, q.shape[-3] // h_kv))
+    return torch.unflatten(q, -3, (h_kv, q.shape[-3] // h_kv))
 
 
 def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
@@ -296,7 +296,14 @@ def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: 
     return s
 
 
-def _weights(q, k, keep, bias, scale, fully_masked) -> torch.Tensor:
+def _weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: float | None,
+    fully_masked: str,
+) -> torch.Tensor:
     """Attention weights in the compute dtype."""
     s = _scores(q, k, bias, scale)
     return _softmax_kept(s, keep, -1, fully_masked, owned=True)
@@ -344,7 +351,17 @@ def attention(
     return _attend(q, k, v, keep, bias, scale, fully_masked, return_weights)
 
 
-def _attend(q, k, v, keep, bias, scale, fully_masked, return_weights, dropout_p: float = 0.0):
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: float | None,
+    fully_masked: str,
+    return_weights: bool,
+    dropout_p: float = 0.0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     w = _weights(q, k, keep, bias, scale, fully_masked)
     wd = torch.nn.functional.dropout(w, dropout_p, training=True) if dropout_p > 0 else w
     out = _apply_values(wd, v).to(q.dtype)

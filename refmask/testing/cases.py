@@ -191,11 +191,21 @@ class AttentionCase:
         return {"q": q, "k": k, "v": v, "scores": scores}
 
 
-def _case(id_: str, batch, heads, kv_heads, t, s, make_mask, d=8, dv=4) -> AttentionCase:
+def _case(
+    id_: str,
+    batch: tuple[int, ...],
+    heads: int,
+    kv_heads: int,
+    t: int,
+    s: int,
+    make_mask: Callable[[], np.ndarray | None],
+    d: int = 8,
+    dv: int = 4,
+) -> AttentionCase:
     return AttentionCase(id_, tuple(batch), heads, kv_heads, t, s, d, dv, make_mask)
 
 
-def _padding(lengths, s, side="right"):
+def _padding(lengths: list[int], s: int, side: str = "right") -> Callable[[], np.ndarray]:
     return lambda: oracle.attention_padding_mask(oracle.padding_mask(np.array(lengths), s, side=side))
 
 

@@ -16,6 +16,7 @@ strategies. Needs hypothesis (pip install "refmask[test]").
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from .._backends import install_hint
 
 try:
     from hypothesis import strategies as st
-    from hypothesis.strategies import SearchStrategy
+    from hypothesis.strategies import DrawFn, SearchStrategy
 except ModuleNotFoundError as err:
     if err.name != "hypothesis":
         raise
@@ -61,7 +62,7 @@ def _kind_strategy(kind: Any) -> SearchStrategy[str]:
 
 
 @st.composite
-def _lengths(draw, max_len: int, batch: int, min_len: int) -> np.ndarray:
+def _lengths(draw: DrawFn, max_len: int, batch: int, min_len: int) -> np.ndarray:
     # Drawn as padding (max_len - length), which shrinks to 0: "no padding" is the simplest case.
     pads = [draw(st.integers(0, max_len - min_len)) for _ in range(batch)]
     return np.array([max_len - p for p in pads], dtype=np.int64)
@@ -74,7 +75,7 @@ def lengths(max_len: IntLike, *, batch: IntLike = st.integers(1, 3), min_len: in
     """
 
     @st.composite
-    def build(draw):
+    def build(draw: DrawFn) -> np.ndarray:
         b = draw(_ints(batch, "batch"))
         top = draw(_ints(max_len, "max_len"))
         if min_len > top:
@@ -85,12 +86,13 @@ def lengths(max_len: IntLike, *, batch: IntLike = st.integers(1, 3), min_len: in
 
 
 @st.composite
-def _segments(draw, batch: int, length: int, max_segments: int, pad_id: int | None) -> np.ndarray:
-    rows = []
+def _segments(draw: DrawFn, batch: int, length: int, max_segments: int, pad_id: int | None) -> np.ndarray:
+    rows: list[list[int | None]] = []
     for _ in range(batch):
         # Where a new segment starts (False shrinks to one segment), then trailing padding.
         pad = draw(st.integers(0, length)) if pad_id is not None else 0
-        ids, current = [], 0
+        ids: list[int | None] = []
+        current = 0
         for i in range(length - pad):
             if i and current < max_segments - 1 and draw(st.booleans()):
                 current += 1
@@ -115,16 +117,20 @@ def segment_ids(
         raise ValueError(f"max_segments must be >= 1; got {max_segments}")
 
     @st.composite
-    def build(draw):
+    def build(draw: DrawFn) -> np.ndarray:
         return draw(_segments(draw(_ints(batch, "batch")), draw(_ints(length, "length")), max_segments, pad_id))
 
     return build()
 
 
 @st.composite
-def _one_mask(draw, kind: str, t: int, s: int, b: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _one_mask(draw: DrawFn, kind: str, t: int, s: int, b: int) -> tuple[np.ndarray, dict[str, Any]]:
     """A mask of one kind at the constructor's own shape, and the arguments that built it."""
-    align = lambda: draw(st.sampled_from(("top_left", "bottom_right")))  # noqa: E731
+
+    def align() -> str:
+        return draw(st.sampled_from(("top_left", "bottom_right")))
+
+    a: dict[str, Any]
     if kind == "none":
         return np.ones((t, s), bool), {}
     if kind == "causal":
@@ -182,7 +188,7 @@ def masks(
     kv = st.integers(1, 8) if kv_len is None else kv_len
 
     @st.composite
-    def build(draw):
+    def build(draw: DrawFn) -> np.ndarray:
         name = draw(kinds)
         t, s, b = draw(_ints(q_len, "q_len")), draw(_ints(kv, "kv_len")), draw(_ints(batch, "batch"))
         return _and([draw(_one_mask(part, t, s, b))[0] for part in name.split("+")])
@@ -206,7 +212,8 @@ class AttentionExample:
     kind: str
     params: tuple[tuple[str, Any], ...]
 
-    def __iter__(self):
+    # Any: the items are four arrays and then a dtype name, which an Iterator cannot type one by one.
+    def __iter__(self) -> Iterator[Any]:
         return iter((self.q, self.k, self.v, self.mask, self.dtype))
 
     def describe(self) -> str:
@@ -242,7 +249,7 @@ def _integral(x: np.ndarray) -> bool:
     return bool(np.all(np.isfinite(x64)) and np.all(x64 == np.round(x64)))
 
 
-def _small_ints(draw, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+def _small_ints(draw: DrawFn, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     n = int(np.prod(shape))
     values = draw(st.lists(st.integers(-2, 2), min_size=n, max_size=n))
     return np.array(values, dtype=np.float64).reshape(shape).astype(numpy_dtype(dtype))
@@ -270,7 +277,7 @@ def attention_cases(
     allow_fully_masked=False: rows with no kept key get key 0 kept (for code that follows no
       fully_masked policy).
     """
-    names = list(MASK_KINDS) if kinds is None else [kinds] if isinstance(kinds, str) else list(kinds)
+    names: list[str] = list(MASK_KINDS) if kinds is None else [kinds] if isinstance(kinds, str) else list(kinds)
     _kind_strategy(names)
     dtype_names = [dtypes] if isinstance(dtypes, str) else list(dtypes)
     for d in dtype_names:
@@ -278,7 +285,7 @@ def attention_cases(
             raise ValueError(f"dtypes must be among {', '.join(map(repr, DTYPES))}; got {d!r}")
 
     @st.composite
-    def build(draw):
+    def build(draw: DrawFn) -> AttentionExample:
         dtype = draw(st.sampled_from(dtype_names))
         b, t, s = draw(_ints(batch, "batch")), draw(_ints(q_len, "q_len")), draw(_ints(kv_len, "kv_len"))
         h_kv = draw(_ints(heads, "heads"))
@@ -287,7 +294,7 @@ def attention_cases(
         first = draw(st.sampled_from(names))
         parts = [first]
         others = [n for n in names if n not in ("none", first)]
-        if others and draw(st.booleans()):
+        if len(others) > 0 and draw(st.booleans()):
             parts.append(draw(st.sampled_from(others)))
         built = [draw(_one_mask(part, t, s, b)) for part in parts]
         mask = _and([m for m, _ in built])
