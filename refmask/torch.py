@@ -13,6 +13,8 @@ Importing this module imports torch. Every other function is reached through ref
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 import refmask
@@ -83,12 +85,15 @@ def scaled_dot_product_attention(
             keep = ~(attn_mask <= _dtypes.lowest(dtype))
         else:
             raise TypeError(f"attn_mask must be bool (True = attend) or a float additive mask; got dtype {dtype}")
-    options = {"bias": bias, "scale": scale, "fully_masked": fully_masked, "backend": "torch"}
+    is_causal = check.flag("is_causal", is_causal)
     if dropout_p == 0:
-        return refmask.attention(q, k, v, keep, is_causal=bool(is_causal), **options)
+        out = refmask.attention(
+            q, k, v, keep, bias=bias, scale=scale, is_causal=is_causal, fully_masked=fully_masked, backend="torch"
+        )
+        return cast(torch.Tensor, out)  # without return_weights, attention returns the output alone
     if is_causal:
-        keep = refmask.and_masks(keep, refmask.causal_mask(shape[-2], shape[-1], device=q.device))
-    weights = refmask.attention_weights(q, k, keep, **options)
+        keep = refmask.and_masks(keep, refmask.causal_mask(shape[-2], shape[-1], device=q.device, backend="torch"))
+    weights = refmask.attention_weights(q, k, keep, bias=bias, scale=scale, fully_masked=fully_masked, backend="torch")
     dropped = torch.nn.functional.dropout(weights, float(dropout_p), training=True)
     if v.ndim >= 3 and v.shape[-3] != q.shape[-3]:
         v = v.repeat_interleave(q.shape[-3] // v.shape[-3], dim=-3)  # grouped-query: head h reads h // G
