@@ -185,7 +185,7 @@ def test_ids_beyond_int32_are_exact_or_refused(backend):
     if backend == "jax":
         import jax
 
-        if not jax.config.jax_enable_x64:
+        if not jax.config.read("jax_enable_x64"):
             with pytest.raises(ValueError, match=r"ids holds 4294967296, outside the range of int32"):
                 refmask.padding_mask_from_ids(ids, 0, backend=backend)
             return

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import refmask
 from refmask import oracle
-from refmask.testing import assert_attention_close, assert_weights_close, tolerances
+from refmask.testing import assert_attention_close, assert_weights_close
 from refmask.testing.cases import DTYPES, POLICIES, numpy_dtype
 
 
@@ -158,7 +158,7 @@ def test_is_causal_is_and_with_top_left_causal(problem):
 @settings(max_examples=60, deadline=None)
 @given(problem=attention_problems(dtypes=("float64", "float32")), fully_masked=st.sampled_from(POLICIES))
 def test_bias_is_added_before_the_mask_and_masked_bias_changes_nothing(problem, fully_masked):
-    q, k, v, mask, _ = problem
+    q, k, _v, mask, _ = problem
     t, s = q.shape[-2], k.shape[-2]
     alibi = (-0.5 * np.abs(np.arange(t)[:, None] - np.arange(s)[None, :])).astype(q.dtype)
     heads = q.shape[-3]
@@ -177,7 +177,7 @@ def test_bias_is_added_before_the_mask_and_masked_bias_changes_nothing(problem, 
 @settings(max_examples=60, deadline=None)
 @given(problem=attention_problems())
 def test_fully_masked_rows_follow_the_policy(problem):
-    q, k, v, _, dtype = problem
+    q, k, v, _, _dtype = problem
     heads, t, s = q.shape[-3], q.shape[-2], k.shape[-2]
     nothing = np.zeros((t, s), bool)
     v_mean = np.repeat(v, heads // v.shape[-3], axis=-3).astype(np.float64).mean(axis=-2, keepdims=True) if s else None
@@ -187,6 +187,7 @@ def test_fully_masked_rows_follow_the_policy(problem):
     assert (zero == 0).all()
     if s:
         assert np.isnan(nan.astype(np.float64)).all()
+        assert v_mean is not None
         expected = np.broadcast_to(v_mean, uniform.shape).astype(q.dtype)
         assert_attention_close(uniform, expected, scale=float(np.abs(v.astype(np.float64)).max(initial=0.0)))
     else:

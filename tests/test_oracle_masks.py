@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import refmask
-from refmask import oracle
 
 
 def grid(*rows):
@@ -436,7 +435,7 @@ def test_padding_mask_counts_and_contiguity(data, max_len, side):
     lens = data.draw(st.lists(st.integers(0, max_len), max_size=4))
     mask = refmask.padding_mask(np.array(lens, dtype=np.int64), max_len, side=side)
     assert mask.shape == (len(lens), max_len)
-    for row, n in zip(mask, lens):
+    for row, n in zip(mask, lens, strict=False):
         expected = [True] * n + [False] * (max_len - n)
         assert row.tolist() == (expected if side == "right" else expected[::-1])
 

@@ -22,10 +22,11 @@ LOW_PRECISION = ["float32", "float16", "bfloat16"]
 def round_to_dtype(x: mpmath.mpf, dtype: np.dtype) -> np.generic:
     """The value of `dtype` nearest to x, ties to the even bit pattern."""
     guess = np.asarray(float(x)).astype(dtype)  # within one step of the answer
-    neighbours = [np.nextafter(guess, np.asarray(-np.inf, dtype)), guess, np.nextafter(guess, np.asarray(np.inf, dtype))]
+    below, above = np.asarray(-np.inf, dtype), np.asarray(np.inf, dtype)
+    neighbours = [np.nextafter(guess, below), guess, np.nextafter(guess, above)]
     distances = [abs(mpmath.mpf(float(c)) - x) for c in neighbours]
     best = min(distances)
-    ties = [c for c, d in zip(neighbours, distances) if d == best]
+    ties = [c for c, d in zip(neighbours, distances, strict=True) if d == best]
     if len(ties) > 1:
         ties = [c for c in ties if int(np.asarray(c).view(f"u{dtype.itemsize}")) % 2 == 0]
     return ties[0]
@@ -68,8 +69,8 @@ def test_masked_softmax_is_correctly_rounded(dtype_name):
         for index in np.ndindex(scores.shape[:-1]):
             kept = np.flatnonzero(mask[index])
             if kept.size:
-                for j, w in zip(kept, mp_softmax(as_mp(scores[index][kept]))):
-                    exact[index + (j,)] = w
+                for j, w in zip(kept, mp_softmax(as_mp(scores[index][kept])), strict=True):
+                    exact[(*index, j)] = w
     assert len(exact) > 100
     assert (weights[~mask].astype(np.float64) == 0).all()
     assert_correctly_rounded(weights, exact, f"masked_softmax {dtype_name}")
@@ -88,8 +89,10 @@ def test_attention_is_correctly_rounded(dtype_name, head_dim):
     mask = refmask.and_masks(refmask.causal_mask(t, s, align="bottom_right"),
                              refmask.attention_padding_mask(refmask.padding_mask(lengths, s)))
     out, weights = refmask.attention(q, k, v, mask, return_weights=True)
+    assert mask is not None
     keep = np.broadcast_to(mask, (batch, heads, t, s))
-    exact_out, exact_weights = {}, {}
+    exact_out: dict[tuple[int, ...], mpmath.mpf] = {}
+    exact_weights: dict[tuple[int, ...], mpmath.mpf] = {}
     with mpmath.workdps(DIGITS):
         scale = 1 / mpmath.sqrt(head_dim)
         for b in range(batch):
@@ -100,12 +103,13 @@ def test_attention_is_correctly_rounded(dtype_name, head_dim):
                 for i in range(t):
                     q_row = as_mp(q[b, h, i])
                     kept = np.flatnonzero(keep[b, h, i])
-                    row_scores = [scale * mpmath.fsum(a * c for a, c in zip(q_row, k_rows[j])) for j in kept]
+                    row_scores = [mpmath.fsum(a * c for a, c in zip(q_row, k_rows[j], strict=True)) for j in kept]
+                    row_scores = [scale * x for x in row_scores]
                     w = mp_softmax(row_scores)
-                    for j, wj in zip(kept, w):
-                        exact_weights[(b, h, i, j)] = wj
+                    for j, wj in zip(kept, w, strict=True):
+                        exact_weights[(b, h, i, int(j))] = wj
                     for e in range(dv):
-                        exact_out[(b, h, i, e)] = mpmath.fsum(wj * v_rows[j][e] for j, wj in zip(kept, w))
+                        exact_out[(b, h, i, e)] = mpmath.fsum(wj * v_rows[j][e] for j, wj in zip(kept, w, strict=True))
     assert_correctly_rounded(weights, exact_weights, f"attention weights {dtype_name} D={head_dim}")
     assert_correctly_rounded(out, exact_out, f"attention output {dtype_name} D={head_dim}")
 

@@ -143,7 +143,7 @@ def test_default_policy_is_zero():
 def test_non_finite_kept_scores_make_the_row_nan(kept_scores, what, fully_masked):
     # The docstring: a kept NaN or +inf, or kept scores that are all -inf, make the whole row NaN,
     # whatever fully_masked says (the row is not fully masked). A masked 4th entry stays NaN too.
-    scores = np.array([kept_scores + [0.0], [0.0, 1.0, 2.0, 3.0]])
+    scores = np.array([[*kept_scores, 0.0], [0.0, 1.0, 2.0, 3.0]])
     mask = bools([1, 1, 1, 0], [1, 1, 1, 1])
     out = refmask.masked_softmax(scores, mask, fully_masked=fully_masked)
     assert np.isnan(out[0]).all(), what
@@ -316,7 +316,7 @@ def test_vjp_equals_finite_differences_and_is_zero_where_masked(problem, fully_m
         return float(np.sum(g * w))
 
     h = tolerances.VJP_FINITE_DIFFERENCE_STEP
-    for i, j in zip(*np.nonzero(mask)):
+    for i, j in zip(*np.nonzero(mask), strict=False):
         step = np.zeros_like(scores)
         step[i, j] = h
         numeric = (objective(scores + step) - objective(scores - step)) / (2 * h)

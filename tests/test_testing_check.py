@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 
 import refmask
+from refmask._backends import unavailable_reason
 from refmask.testing import MASK_KINDS, CheckError, CheckReport, check_attention
-from refmask.testing.cases import ATTENTION_CASES
-from refmask.testing.check import CASE_KINDS
+from refmask.testing.cases import ATTENTION_CASES, CASE_KINDS
 
 FAST: dict[str, Any] = {"examples": 0, "dtypes": ["float32"]}
 
@@ -244,9 +243,9 @@ def test_examples_zero_does_not_import_hypothesis():
 
 
 def _framework(name: str) -> None:
-    pytest.importorskip(name)
-    if importlib.util.find_spec(f"refmask.backends.{name}") is None:
-        pytest.skip(f"refmask has no {name} backend yet")
+    why = unavailable_reason(name)
+    if why is not None:
+        pytest.skip(why)
 
 
 @pytest.mark.parametrize("name", ["jax", "torch"])

@@ -89,7 +89,7 @@ def test_attention_cases_unpack_and_fit_together(case):
 @FAST
 @given(rst.attention_cases(kinds=["padding", "segment"], allow_fully_masked=False, dtypes="float16"))
 def test_allow_fully_masked_false_keeps_a_key_in_every_row(case):
-    q, k, v, mask, dtype = case
+    q, k, _v, mask, dtype = case
     assert dtype == "float16"
     assert np.broadcast_to(mask, (*q.shape[:-1], k.shape[2])).any(axis=-1).all()
 
