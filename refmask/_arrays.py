@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _dtypes
 from . import _validate as check
+from ._backends import array_backend
 
 # What the oracle annotates array parameters with: a NumPy, jax or torch array, or anything NumPy reads
 # as one (lists, numbers). The public API is generated from these annotations (refmask/_api.py).
@@ -98,17 +99,22 @@ NUMPY = NumpyOps()
 # array arguments
 
 
-def array(ops: ArrayOps, name: str, x: Any, device: Any = None) -> Any:
+def array(ops: ArrayOps, name: str, x: Any, device: Any = None, expected: str = "an array of numbers or bools") -> Any:
     """x as the backend's array; None (or a non-array such as a string) is refused, naming the argument."""
     if x is None:
         raise TypeError(f"{name} must be an array; got None")
     if isinstance(x, str | bytes | dict | set):
         raise TypeError(f"{name} must be an array; got {type(x).__name__} {x!r}")
+    if array_backend(x) == "numpy":
+        # Host input is read by NumPy first, so every backend refuses strings and objects alike.
+        x = np.asarray(x)
+        if x.dtype.kind not in "biufc" and x.dtype.name != "bfloat16":
+            raise TypeError(f"{name} must be {expected}; got dtype {x.dtype}")
     return ops.asarray(x, device)
 
 
 def floating(ops: ArrayOps, name: str, x: Any, device: Any = None) -> Any:
-    x = array(ops, name, x, device)
+    x = array(ops, name, x, device, "a floating array (float16, bfloat16, float32 or float64)")
     dtype = ops.dtype_name(x)
     if not _dtypes.is_floating(dtype):
         raise TypeError(
@@ -118,7 +124,7 @@ def floating(ops: ArrayOps, name: str, x: Any, device: Any = None) -> Any:
 
 
 def integers(ops: ArrayOps, name: str, x: Any, device: Any = None) -> Any:
-    x = array(ops, name, x, device)
+    x = array(ops, name, x, device, "an integer array")
     dtype = ops.dtype_name(x)
     if not _dtypes.is_integer(dtype):
         raise TypeError(f"{name} must be an integer array; got dtype {dtype}")
@@ -127,7 +133,7 @@ def integers(ops: ArrayOps, name: str, x: Any, device: Any = None) -> Any:
 
 def bool_mask(ops: ArrayOps, name: str, mask: Any, device: Any = None) -> Any:
     """A boolean mask (True = may attend); anything else is refused with the converter that fits it."""
-    mask = array(ops, name, mask, device)
+    mask = array(ops, name, mask, device, f"a boolean array (True = may attend). {check.CONVERTERS_HINT}")
     dtype = ops.dtype_name(mask)
     if dtype != "bool":
         values = ops.to_numpy(mask) if ops.concrete(mask) else None

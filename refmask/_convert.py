@@ -98,7 +98,7 @@ def _check_additive_values(name: str, values: np.ndarray[Any, Any], keep: np.nda
 
 
 def from_multiplicative(ops: ArrayOps, mask: Any) -> Any:
-    m = arrays.array(ops, "mask", mask)
+    m = arrays.array(ops, "mask", mask, expected="1 (attend) and 0 (masked) as numbers or bools")
     dtype = ops.dtype_name(m)
     if dtype == "bool":
         return m
@@ -116,7 +116,7 @@ def from_multiplicative(ops: ArrayOps, mask: Any) -> Any:
 
 
 def from_hf(ops: ArrayOps, attention_mask: Any) -> Any:
-    m = arrays.array(ops, "attention_mask", attention_mask)
+    m = arrays.array(ops, "attention_mask", attention_mask, expected="0/1 numbers or bools")
     check.ndim("attention_mask", ops.shape(m), 2, "(B, S)")
     dtype = ops.dtype_name(m)
     if dtype != "bool":

@@ -10,7 +10,10 @@ that the test suite holds against it. It is written to be read:
 - arithmetic runs in float64 and is rounded once, at the end, to the input's floating dtype, so a
   float32, float16 or bfloat16 result is the correctly rounded answer, unless the exact value lies
   within float64 rounding error of a midpoint between two neighbours (then either neighbour may
-  come out); float64 results are accurate to a few ULP;
+  come out), or, for attention outputs, unless the sum over keys cancels: the float64 error is then
+  relative to the largest term w * v, not to the result (v = [-1e30, 1e30] under equal weights gives
+  about 1e13, not 0), so outputs are compared against max|v|; float64 results are accurate to a few
+  ULP;
 - bad input raises a ValueError or TypeError naming the argument (see refmask/_validate.py).
 """
 
@@ -515,7 +518,9 @@ def attention(
     v: (..., H_kv, S, Dv). is_causal=True ands the mask with causal_mask(T, S) (top-left, as torch).
     A fully-masked row's output follows its weights: 0 ("zero"), the mean of v ("uniform"), NaN
     ("nan"). With return_weights=True returns (out, weights). The weights are not rounded before
-    the product: out is the correctly rounded value of the exact-weights product.
+    the product: out is the float64 product of the float64 weights, rounded once, which is the
+    correctly rounded value unless the sum over keys cancels (then its error is float64's relative
+    to max |w * v|, not to out).
     Without weights, query rows are processed in blocks so memory stays far below (T, S) float64.
     """
     q, k, vv = arrays.attention_inputs(NUMPY, {"q": q, "k": k, "v": v})

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dtypes
+from .. import _validate as check
 from .._backends import to_numpy
 from . import tolerances as tol
 
@@ -426,11 +427,12 @@ def assert_attention_close(
     rtol: float | None = None,
     atol: float | None = None,
     mask: Any = None,
+    fully_masked: str = "zero",
 ) -> None:
     """Assert attention outputs equal the oracle's.
 
-    Structure exactly (shape, dtype, the same entries NaN; with `mask`, exactly 0 wherever the
-    oracle's row is fully masked and 0, as under fully_masked="zero"), then values within
+    Structure exactly (shape, dtype, the same entries NaN; with `mask` and fully_masked="zero",
+    exactly 0 in every fully-masked row), then values within
     max_ulp * eps(dtype) * scale, or, when rtol/atol are given, atol + rtol * |expected|. A pair
     of values both below tolerances.flush_to_zero_bound(dtype) counts as equal, except in the
     fully-masked rows of `mask`.
@@ -444,13 +446,18 @@ def assert_attention_close(
       to near 0, so a relative test is meaningless there).
     mask: the boolean mask (broadcastable to the scores (..., H, T, S)); lets the report say whether
       the worst entry's row is fully masked.
+    fully_masked: the policy the outputs were computed under. Under "zero" the mask decides a
+      fully-masked row (exactly 0); under "uniform" the row is the mean of v, a computed value compared
+      like any other (it may cancel to near 0), and under "nan" the NaN check covers it.
     """
     __tracebackhide__ = True
+    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    mask_decides = mask if fully_masked == "zero" else None
     a, e = _as_numpy(actual), _as_numpy(expected)
     _check_shape_and_dtype("output", a, e, dtype)
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
     _check_nans("output", a, e, mask, weights=False)
-    keep = _keep_for(mask, a.shape[:-1], None) if a.ndim else None
+    keep = _keep_for(mask_decides, a.shape[:-1], None) if a.ndim else None
     if keep is not None:
         fully_masked_rows = ~keep.any(axis=-1, keepdims=True) & (e.astype(np.float64) == 0)
         _check_zeros("output", a, e, mask, np.broadcast_to(fully_masked_rows, a.shape), weights=False)
@@ -464,7 +471,7 @@ def assert_attention_close(
         bound = max_ulp if max_ulp is not None else tol.tolerance(tol.ATTENTION_OUTPUT_MAX_ULP, a.dtype)
         allowed = bound * tol.eps(a.dtype) * ref
         kind = f"more than {bound:g} * eps * {ref:g} apart"
-    skip = np.isnan(e64) | _flushed(a, e, mask, weights=False)
+    skip = np.isnan(e64) | _flushed(a, e, mask_decides, weights=False)
     excess = np.where(skip, -np.inf, np.abs(a64 - e64) - allowed)
     bad = excess > 0
     if bad.any():

@@ -391,11 +391,11 @@ def _check_one(s: _Settings, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: 
     note = "" if s.layout == "BHTD" else "  (indices below are (batch, head, query, dim) whatever the layout)"
     try:
         assert_attention_close(out, expected, dtype=dtype, max_ulp=s.max_ulp, scale=v_scale,
-                               rtol=s.rtol, atol=s.atol, mask=mask)
+                               rtol=s.rtol, atol=s.atol, mask=mask, fully_masked=s.policy)
     except AssertionError as err:
         diagnosis = _probe_weights(s, args, expected_w, mask, dtype) if s.weights_fn is None else ""
         raise _fail(context, err, mask, note, diagnosis) from None
-    out_err = output_error(out, expected, scale=v_scale, mask=mask)
+    out_err = output_error(out, expected, scale=v_scale, mask=mask if s.policy == "zero" else None)
     if s.weights_fn is None:
         return out_err, None
     w_context = _context(s, s.weights_fn, q, k, v, mask, dtype, label, "disagrees with the oracle:", detail)

@@ -189,6 +189,10 @@ def subnormals_agree(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
         return (np.abs(actual.astype(np.float64)) < bound) & (np.abs(expected.astype(np.float64)) < bound)
 
 
+# exp(-746) is 0 in float64 (its smallest subnormal is exp(-744.4)), and so in every narrower dtype.
+SOFTMAX_SPREAD_CAP = 746.0
+
+
 def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
     """Per-entry ULP bound for weights computed from `scores` in COMPUTE_DTYPE arithmetic.
 
@@ -199,6 +203,9 @@ def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
     `softmax(masked_fill(-inf))` included, is within a flat 4 ULP of the correctly rounded weights
     once scores spread over more than a few units. For float16/bfloat16 computed in float32 the
     term is negligible and the bound is SOFTMAX_MAX_ULP alone.
+    |x - m| is capped at SOFTMAX_SPREAD_CAP: beyond it exp(x - m) is 0 in every floating dtype, so
+    the correctly rounded weight is 0 and a spread of up to 2 * finfo.max (which overflows) must not
+    make the bound infinite.
     """
     from .._backends import to_numpy
 
@@ -206,8 +213,8 @@ def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
     x = np.asarray(to_numpy(scores)).astype(np.float64)
     keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(np.asarray(to_numpy(mask)), x.shape)
     kept = np.where(keep, x, -np.inf)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         m = np.max(kept, axis=-1, keepdims=True, initial=-np.inf)
-        spread = np.where(keep & np.isfinite(x) & np.isfinite(m), np.abs(x - m), 0.0)
+        spread = np.where(keep & np.isfinite(x) & np.isfinite(m), np.minimum(np.abs(x - m), SOFTMAX_SPREAD_CAP), 0.0)
     growth = eps(COMPUTE_DTYPE[name]) / eps(name)
     return tolerance(SOFTMAX_MAX_ULP, name) + growth * spread
