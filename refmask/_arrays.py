@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Protocol, TypeAlias
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def checked_mask(ops: ArrayOps, mask: Any, shape: tuple[int, ...], device: Any =
     return mask
 
 
-def scale(value: object, head_dim: int) -> float:
+def scale_value(value: object, head_dim: int) -> float:
     """attention's scale: 1/sqrt(D) by default; a given scale must be a finite real number."""
     if value is None:
         # An empty dot product (D = 0) is 0 whatever the scale; 1.0 keeps it from being 0 * inf.
@@ -217,3 +217,70 @@ def scale(value: object, head_dim: int) -> float:
 def fully_masked_value(policy: str, n: int) -> float:
     """The weight every entry of a row with no kept key gets under `policy` (n the row's length)."""
     return {"zero": 0.0, "uniform": 1.0 / max(n, 1), "nan": math.nan}[policy]
+
+
+# ----------------------------------------------------------------------------------------------
+# whole calls: every argument of masked_softmax / attention_weights / attention, parsed once
+
+
+class SoftmaxCall(NamedTuple):
+    scores: Any
+    mask: Any
+    axis: int  # negative: it names the same axis of a mask with fewer dimensions
+    fully_masked: str
+
+
+def softmax_call(ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object) -> SoftmaxCall:
+    """masked_softmax's arguments: floating scores of at least one axis, a bool mask that broadcasts to
+    them (on their device), the axis and the policy."""
+    device = ops.device_of({"scores": scores, "mask": mask})
+    scores = floating(ops, "scores", scores, device)
+    policy = check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    keep = checked_mask(ops, mask, ops.shape(scores), device)
+    return SoftmaxCall(scores, keep, check.axis(axis, len(ops.shape(scores))), policy)
+
+
+class AttentionCall(NamedTuple):
+    q: Any
+    k: Any
+    v: Any  # None for attention_weights
+    mask: Any
+    bias: Any
+    scale: float
+    shape: tuple[int, ...]  # the scores' (..., H, T, S)
+    fully_masked: str
+    is_causal: bool
+    return_weights: bool
+
+
+def attention_call(
+    ops: ArrayOps,
+    named: dict[str, Any],
+    mask: Any,
+    bias: Any,
+    scale: object,
+    fully_masked: object,
+    is_causal: object = False,
+    return_weights: object = False,
+) -> AttentionCall:
+    """attention's (or, without "v" in `named`, attention_weights') arguments, checked once: q, k (v) of one
+    floating dtype on one device, their shapes, a bias and a bool mask that broadcast to the scores, the
+    scale, the policy and the two flags."""
+    parsed = attention_inputs(ops, named, {"mask": mask, "bias": bias})
+    policy = check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    causal, weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
+    shape = check.attention_shapes(*(ops.shape(a) for a in parsed))
+    device = ops.device_of({"q": parsed[0]})
+    q, k, v = parsed[0], parsed[1], parsed[2] if len(parsed) > 2 else None
+    return AttentionCall(
+        q,
+        k,
+        v,
+        checked_mask(ops, mask, shape, device),
+        checked_bias(ops, bias, shape, device),
+        scale_value(scale, ops.shape(q)[-1]),
+        shape,
+        policy,
+        causal,
+        weights,
+    )

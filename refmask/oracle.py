@@ -393,14 +393,10 @@ def masked_softmax(
     scores: floating (float16, bfloat16, float32, float64); the result has scores' dtype and shape.
     mask: bool, broadcastable to scores' shape; None keeps everything.
     """
-    scores = _floating("scores", scores)
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
-    check.broadcasts_to("mask", keep.shape, scores.shape)
-    keep = np.broadcast_to(keep, scores.shape)
-    axis = check.axis(axis, scores.ndim)
-    x = scores.astype(np.float64)
-    return _softmax_kept(x, keep, axis, fully_masked).astype(scores.dtype)
+    call = arrays.softmax_call(NUMPY, scores, mask, axis, fully_masked)
+    keep = np.broadcast_to(np.ones((), bool) if call.mask is None else call.mask, call.scores.shape)
+    x = call.scores.astype(np.float64)
+    return _softmax_kept(x, keep, call.axis, call.fully_masked).astype(call.scores.dtype)
 
 
 def _softmax_kept(x: np.ndarray, keep: np.ndarray, axis: int, fully_masked: str) -> np.ndarray:
@@ -433,15 +429,11 @@ def masked_softmax_vjp(
     and exactly 0 for masked j. A fully-masked row's weights do not depend on the scores under any
     policy, so its gradient is exactly 0 (finite under "zero" and "uniform" as well as "nan").
     """
-    scores = _floating("scores", scores)
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+    scores, mask, axis, fully_masked = arrays.softmax_call(NUMPY, scores, mask, axis, fully_masked)
     g = _floating("cotangent", cotangent)
     if g.shape != scores.shape:
         raise ValueError(f"cotangent must have the scores' shape {scores.shape}; got {g.shape}")
-    keep = np.ones((), bool) if mask is None else _bool_mask("mask", mask)
-    check.broadcasts_to("mask", keep.shape, scores.shape)
-    keep = np.broadcast_to(keep, scores.shape)
-    axis = check.axis(axis, scores.ndim)
+    keep = np.broadcast_to(np.ones((), bool) if mask is None else mask, scores.shape)
     w = _softmax_kept(scores.astype(np.float64), keep, axis, fully_masked)
     w = np.where(keep.any(axis=axis, keepdims=True), w, 0.0)
     g = g.astype(np.float64)
@@ -456,20 +448,8 @@ def _repeat_kv_heads(k: np.ndarray, num_q_heads: int) -> np.ndarray:
     return np.repeat(k, num_q_heads // k.shape[-3], axis=-3)
 
 
-def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[np.ndarray, ...]:
-    named = {"q": q, "k": k} if v is None else {"q": q, "k": k, "v": v}
-    return tuple(arrays.attention_inputs(NUMPY, named))
-
-
-def _checked_bias_and_mask(
-    bias: Any, mask: Any, scores_shape: tuple[int, ...]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    return arrays.checked_bias(NUMPY, bias, scores_shape), arrays.checked_mask(NUMPY, mask, scores_shape)
-
-
-def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float | None) -> np.ndarray:
+def _scores(q: np.ndarray, k: np.ndarray, bias: Any, scale: float) -> np.ndarray:
     """float64 scores scale * q @ k^T + bias, (..., H, T, S)."""
-    scale = arrays.scale(scale, q.shape[-1])
     k = _repeat_kv_heads(k, q.shape[-3]) if q.ndim >= 3 else k
     s = np.matmul(q.astype(np.float64, copy=False), np.swapaxes(k.astype(np.float64, copy=False), -1, -2))
     s *= scale
@@ -493,12 +473,9 @@ def attention_weights(
     scale defaults to 1/sqrt(D); bias is an additive float bias (ALiBi, relative positions)
     broadcastable to the scores, applied before the mask. The result has q's dtype.
     """
-    q, k = _attention_inputs(q, k)
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    shape = check.attention_shapes(q.shape, k.shape)
-    bias, mask = _checked_bias_and_mask(bias, mask, shape)
-    keep = np.broadcast_to(np.ones((), bool) if mask is None else mask, shape)
-    return _softmax_kept(_scores(q, k, bias, scale), keep, -1, fully_masked).astype(q.dtype)
+    c = arrays.attention_call(NUMPY, {"q": q, "k": k}, mask, bias, scale, fully_masked)
+    keep = np.broadcast_to(np.ones((), bool) if c.mask is None else c.mask, c.shape)
+    return _softmax_kept(_scores(c.q, c.k, c.bias, c.scale), keep, -1, c.fully_masked).astype(c.q.dtype)
 
 
 def attention(
@@ -523,19 +500,18 @@ def attention(
     to max |w * v|, not to out).
     Without weights, query rows are processed in blocks so memory stays far below (T, S) float64.
     """
-    q, k, vv = arrays.attention_inputs(NUMPY, {"q": q, "k": k, "v": v})
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
-    shape = check.attention_shapes(q.shape, k.shape, vv.shape)
-    bias, mask = _checked_bias_and_mask(bias, mask, shape)
-    if is_causal:
+    c = arrays.attention_call(
+        NUMPY, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights
+    )
+    q, k, vv, mask, bias, scale, shape, fully_masked = c.q, c.k, c.v, c.mask, c.bias, c.scale, c.shape, c.fully_masked
+    if c.is_causal:
         mask = and_masks(mask, causal_mask(shape[-2], shape[-1]))
     # Keys and values are cast (and repeated for grouped-query attention) once, not once per block.
     if q.ndim >= 3:
         k, vv = _repeat_kv_heads(k, q.shape[-3]), _repeat_kv_heads(vv, q.shape[-3])
     k, vv = k.astype(np.float64), vv.astype(np.float64)
     t, s = shape[-2], shape[-1]
-    if return_weights:
+    if c.return_weights:
         w = _block_weights(q, k, bias, mask, scale, fully_masked, shape, 0, t)
         return (w @ vv).astype(q.dtype), w.astype(q.dtype)
     rows = max(1, _ATTENTION_BLOCK_ELEMENTS // max(1, math.prod(shape[:-2]) * s))
@@ -560,7 +536,7 @@ def _block_weights(
     k: np.ndarray,
     bias: np.ndarray | None,
     mask: np.ndarray | None,
-    scale: float | None,
+    scale: float,
     fully_masked: str,
     shape: tuple[int, ...],
     start: int,

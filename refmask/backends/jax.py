@@ -62,10 +62,6 @@ def _dtype_name(dtype: Any) -> str:
     return np.dtype(dtype).name
 
 
-def _floating(name: str, x: Any) -> jax.Array:
-    return arrays.floating(OPS, name, x)
-
-
 def _bool_mask(name: str, mask: Any) -> jax.Array:
     return arrays.bool_mask(OPS, name, mask)
 
@@ -337,13 +333,8 @@ _masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "fu
 
 
 def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> jax.Array:
-    scores = _floating("scores", scores)
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    if mask is not None:
-        mask = _bool_mask("mask", mask)
-        check.broadcasts_to("mask", mask.shape, scores.shape)
-    axis = check.axis(axis, scores.ndim)
-    return _masked_softmax_jit(scores, mask, axis=axis, fully_masked=fully_masked)
+    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked)
+    return _masked_softmax_jit(c.scores, c.mask, axis=c.axis, fully_masked=c.fully_masked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -419,28 +410,16 @@ _attention_jit = jax.jit(_attention_impl, static_argnames=("fully_masked", "is_c
 _attention_weights_jit = jax.jit(_attention_weights_impl, static_argnames=("fully_masked",))
 
 
-def _attention_inputs(q: Any, k: Any, v: Any = None) -> tuple[jax.Array, ...]:
-    named = {"q": q, "k": k} if v is None else {"q": q, "k": k, "v": v}
-    return tuple(arrays.attention_inputs(OPS, named))
-
-
-def _checked_bias_and_mask(bias: Any, mask: Any, shape: tuple[int, ...]) -> tuple[Any, Any]:
-    return arrays.checked_bias(OPS, bias, shape), arrays.checked_mask(OPS, mask, shape)
-
-
-def _scale(scale: Any, head_dim: int, dtype: Any) -> jax.Array:
+def _scale(scale: float, dtype: Any) -> jax.Array:
     """A scalar of the compute dtype, passed to jit as data, so a new scale does not recompile."""
-    return jnp.asarray(arrays.scale(scale, head_dim), dtype=_compute_dtype(dtype))
+    return jnp.asarray(scale, dtype=_compute_dtype(dtype))
 
 
 def attention_weights(
     q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
 ) -> jax.Array:
-    q, k = _attention_inputs(q, k)
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    shape = check.attention_shapes(q.shape, k.shape)
-    bias, mask = _checked_bias_and_mask(bias, mask, shape)
-    return _attention_weights_jit(q, k, mask, bias, _scale(scale, q.shape[-1], q.dtype), fully_masked=fully_masked)
+    c = arrays.attention_call(OPS, {"q": q, "k": k}, mask, bias, scale, fully_masked)
+    return _attention_weights_jit(c.q, c.k, c.mask, c.bias, _scale(c.scale, c.q.dtype), fully_masked=c.fully_masked)
 
 
 def attention(
@@ -455,21 +434,17 @@ def attention(
     fully_masked: str = "zero",
     return_weights: bool = False,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    q, k, v = arrays.attention_inputs(OPS, {"q": q, "k": k, "v": v})
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
-    shape = check.attention_shapes(q.shape, k.shape, v.shape)
-    bias, mask = _checked_bias_and_mask(bias, mask, shape)
+    c = arrays.attention_call(OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights)
     return _attention_jit(
-        q,
-        k,
-        v,
-        mask,
-        bias,
-        _scale(scale, q.shape[-1], q.dtype),
-        fully_masked=fully_masked,
-        is_causal=is_causal,
-        return_weights=return_weights,
+        c.q,
+        c.k,
+        c.v,
+        c.mask,
+        c.bias,
+        _scale(c.scale, c.q.dtype),
+        fully_masked=c.fully_masked,
+        is_causal=c.is_causal,
+        return_weights=c.return_weights,
     )
 
 

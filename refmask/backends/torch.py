@@ -264,14 +264,10 @@ def _softmax_kept(x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy:
 
 
 def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> torch.Tensor:
-    scores = _floating("scores", scores, OPS.device_of({"scores": scores, "mask": mask}))
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    keep = arrays.checked_mask(OPS, mask, tuple(scores.shape), scores.device)
-    axis = check.axis(axis, scores.ndim)
-    dtype = scores.dtype
-    x = scores.to(_compute_dtype(dtype))
-    w = _softmax_kept(x, keep, axis, fully_masked, owned=x is not scores)
-    return w.to(dtype)
+    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked)
+    x = c.scores.to(_compute_dtype(c.scores.dtype))
+    w = _softmax_kept(x, c.mask, c.axis, c.fully_masked, owned=x is not c.scores)
+    return w.to(c.scores.dtype)
 
 
 def _grouped(q: torch.Tensor, h_kv: int) -> torch.Tensor:
@@ -279,11 +275,10 @@ def _grouped(q: torch.Tensor, h_kv: int) -> torch.Tensor:
     return torch.unflatten(q, -3, (h_kv, q.shape[-3] // h_kv))
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float | None) -> torch.Tensor:
+def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
     """scale * q @ k^T + bias in the compute dtype, (..., H, T, S). Grouped-query heads share k
     by broadcasting (no copy of k)."""
     ct = _compute_dtype(q.dtype)
-    scale = arrays.scale(scale, q.shape[-1])
     q, k = q.to(ct), k.to(ct)
     if q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
         s = torch.matmul(_grouped(q, k.shape[-3]), k.unsqueeze(-3).transpose(-1, -2)).flatten(-4, -3)
@@ -301,7 +296,7 @@ def _weights(
     k: torch.Tensor,
     keep: torch.Tensor | None,
     bias: torch.Tensor | None,
-    scale: float | None,
+    scale: float,
     fully_masked: str,
 ) -> torch.Tensor:
     """Attention weights in the compute dtype."""
@@ -319,12 +314,8 @@ def _apply_values(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def attention_weights(
     q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
 ) -> torch.Tensor:
-    q, k = arrays.attention_inputs(OPS, {"q": q, "k": k}, {"mask": mask, "bias": bias})
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    shape = check.attention_shapes(tuple(q.shape), tuple(k.shape))
-    bias = arrays.checked_bias(OPS, bias, shape, q.device)
-    keep = arrays.checked_mask(OPS, mask, shape, q.device)
-    return _weights(q, k, keep, bias, scale, fully_masked).to(q.dtype)
+    c = arrays.attention_call(OPS, {"q": q, "k": k}, mask, bias, scale, fully_masked)
+    return _weights(c.q, c.k, c.mask, c.bias, c.scale, c.fully_masked).to(c.q.dtype)
 
 
 def attention(
@@ -339,16 +330,12 @@ def attention(
     fully_masked: str = "zero",
     return_weights: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = arrays.attention_inputs(OPS, {"q": q, "k": k, "v": v}, {"mask": mask, "bias": bias})
-    check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
-    is_causal, return_weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
-    shape = check.attention_shapes(tuple(q.shape), tuple(k.shape), tuple(v.shape))
-    bias = arrays.checked_bias(OPS, bias, shape, q.device)
-    keep = arrays.checked_mask(OPS, mask, shape, q.device)
-    if is_causal:
-        causal = causal_mask(shape[-2], shape[-1], device=q.device)
+    c = arrays.attention_call(OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights)
+    keep = c.mask
+    if c.is_causal:
+        causal = causal_mask(c.shape[-2], c.shape[-1], device=c.q.device)
         keep = causal if keep is None else keep & causal
-    return _attend(q, k, v, keep, bias, scale, fully_masked, return_weights)
+    return _attend(c.q, c.k, c.v, keep, c.bias, c.scale, c.fully_masked, c.return_weights)
 
 
 def _attend(
@@ -357,14 +344,12 @@ def _attend(
     v: torch.Tensor,
     keep: torch.Tensor | None,
     bias: torch.Tensor | None,
-    scale: float | None,
+    scale: float,
     fully_masked: str,
     return_weights: bool,
-    dropout_p: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     w = _weights(q, k, keep, bias, scale, fully_masked)
-    wd = torch.nn.functional.dropout(w, dropout_p, training=True) if dropout_p > 0 else w
-    out = _apply_values(wd, v).to(q.dtype)
+    out = _apply_values(w, v).to(q.dtype)
     if return_weights:
         return out, w.to(q.dtype)
     return out
