@@ -93,33 +93,50 @@ for _name in PUBLIC:
 _ARRAY_TYPES = {"torch": "torch.Tensor", "jax": "jax.Array", "numpy": "np.ndarray[Any, Any]"}
 
 
-def _stub_overload(fn: Callable[..., Any], backend: str) -> str:
-    """One overload of fn's public signature for `backend`: its first array argument (or `backend=`) names it."""
-    array_type = _ARRAY_TYPES[backend]
-    sig = public_signature(fn)
-    first = next(iter(array_parameters(fn)), None)
+def _stub_def(fn: Callable[..., Any], annotate: Callable[[inspect.Parameter], tuple[str, str]], returns: str) -> str:
+    """One `@overload def` of fn's public signature; annotate(p) gives each parameter's annotation and
+    default ("" or " = ...")."""
     params, star_seen = [], False
-    for p in sig.parameters.values():
-        annotation = str(p.annotation)
-        if p.name == first and p.kind is not inspect.Parameter.VAR_POSITIONAL:
-            annotation = array_type
-        if p.name == "backend":
-            annotation = f'Literal["{backend}"]' if first is None else f'Literal["{backend}"] | None'
-            if first is None and backend == "numpy":
-                annotation = 'Literal["numpy"] | None'
-        default = "" if p.default is inspect.Parameter.empty else " = ..."
-        if p.name == "backend" and first is None and backend != "numpy":
-            default = ""
+    for p in public_signature(fn).parameters.values():
+        annotation, default = annotate(p)
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            params.append(f"*{p.name}: {array_type if backend != 'numpy' else 'ArrayLike'}")
+            params.append(f"*{p.name}: {annotation}")
             star_seen = True
             continue
         if p.kind is inspect.Parameter.KEYWORD_ONLY and not star_seen:
             params.append("*")
             star_seen = True
         params.append(f"{p.name}: {annotation}{default}")
-    returns = str(sig.return_annotation).replace("np.ndarray", array_type).replace("Mask", array_type)
     return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> {returns}: ..."
+
+
+def _stub_overload(fn: Callable[..., Any], backend: str) -> str:
+    """fn's overload for `backend`: its first array argument (or, without one, `backend=`) selects it."""
+    array_type = _ARRAY_TYPES[backend]
+    first = next(iter(array_parameters(fn)), None)
+
+    def annotate(p: inspect.Parameter) -> tuple[str, str]:
+        default = "" if p.default is inspect.Parameter.empty else " = ..."
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return (array_type if backend != "numpy" else "ArrayLike"), ""
+        if p.name == "backend":
+            if first is None and backend != "numpy":
+                return f'Literal["{backend}"]', ""  # no array to tell: backend= is required
+            return f'Literal["{backend}"] | None', default
+        return (array_type if p.name == first else str(p.annotation)), default
+
+    returns = str(inspect.signature(fn).return_annotation).replace("np.ndarray", array_type)
+    return _stub_def(fn, annotate, returns.replace("Mask", array_type))
+
+
+def _stub_fallback(fn: Callable[..., Any]) -> str:
+    """The last overload: any array-likes and any backend, result untyped."""
+
+    def annotate(p: inspect.Parameter) -> tuple[str, str]:
+        default = "" if p.default is inspect.Parameter.empty or p.kind is inspect.Parameter.VAR_POSITIONAL else " = ..."
+        return ("str | None" if p.name == "backend" else str(p.annotation)), default
+
+    return _stub_def(fn, annotate, "Any")
 
 
 def stub_source() -> str:
@@ -142,20 +159,3 @@ def stub_source() -> str:
         overloads = [_stub_overload(fn, b) for b in ("torch", "jax", "numpy")]
         blocks.append("\n".join([*overloads, _stub_fallback(fn)]))
     return head + "\n\n" + "\n\n".join(blocks) + "\n"
-
-
-def _stub_fallback(fn: Callable[..., Any]) -> str:
-    """The last overload: any array-likes and any backend, result untyped."""
-    params, star_seen = [], False
-    for p in public_signature(fn).parameters.values():
-        default = "" if p.default is inspect.Parameter.empty else " = ..."
-        annotation = "str | None" if p.name == "backend" else str(p.annotation)
-        if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            params.append(f"*{p.name}: {annotation}")
-            star_seen = True
-            continue
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and not star_seen:
-            params.append("*")
-            star_seen = True
-        params.append(f"{p.name}: {annotation}{default}")
-    return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> Any: ..."
