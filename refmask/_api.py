@@ -110,13 +110,21 @@ def _stub_def(fn: Callable[..., Any], annotate: Callable[[inspect.Parameter], tu
     return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> {returns}: ..."
 
 
-def _stub_overload(fn: Callable[..., Any], backend: str) -> str:
-    """fn's overload for `backend`: its first array argument (or, without one, `backend=`) selects it."""
+# A flag that decides the result's form: (parameter, result when True, result otherwise); {A} is the array type.
+_RESULT_FLAGS = {"attention": ("return_weights", "tuple[{A}, {A}]", "{A}")}
+
+
+def _stub_overload(fn: Callable[..., Any], backend: str, flag: bool | None = None) -> str:
+    """fn's overload for `backend`: its first array argument (or, without one, `backend=`) selects it;
+    for a function of _RESULT_FLAGS, `flag` picks the overload of that flag's value."""
     array_type = _ARRAY_TYPES[backend]
     first = next(iter(array_parameters(fn)), None)
+    flag_name = _RESULT_FLAGS[fn.__name__][0] if flag is not None else None
 
     def annotate(p: inspect.Parameter) -> tuple[str, str]:
         default = "" if p.default is inspect.Parameter.empty else " = ..."
+        if p.name == flag_name:
+            return (f"Literal[{flag}]", "" if flag else default)
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             return (array_type if backend != "numpy" else "ArrayLike"), ""
         if p.name == "backend":
@@ -125,7 +133,10 @@ def _stub_overload(fn: Callable[..., Any], backend: str) -> str:
             return f'Literal["{backend}"] | None', default
         return (array_type if p.name == first else str(p.annotation)), default
 
-    returns = str(inspect.signature(fn).return_annotation).replace("np.ndarray", array_type)
+    if flag is not None:
+        returns = _RESULT_FLAGS[fn.__name__][1 if flag else 2].format(A=array_type)
+    else:
+        returns = str(inspect.signature(fn).return_annotation).replace("np.ndarray", array_type)
     return _stub_def(fn, annotate, returns.replace("Mask", array_type))
 
 
@@ -156,6 +167,7 @@ def stub_source() -> str:
     blocks = []
     for name in PUBLIC:
         fn = getattr(oracle, name)
-        overloads = [_stub_overload(fn, b) for b in ("torch", "jax", "numpy")]
+        flags: tuple[bool | None, ...] = (True, False) if name in _RESULT_FLAGS else (None,)
+        overloads = [_stub_overload(fn, b, f) for b in ("torch", "jax", "numpy") for f in flags]
         blocks.append("\n".join([*overloads, _stub_fallback(fn)]))
     return head + "\n\n" + "\n\n".join(blocks) + "\n"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, cast
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -136,8 +136,7 @@ def dot_product_attention(
         out = refmask.attention(
             q, k, v, mask, bias=bias, is_causal=is_causal, fully_masked=fully_masked, backend="jax"
         )
-        # Without return_weights the result is the output alone, not an (output, weights) pair.
-        return _flax_layout_to_refmask(cast(jax.Array, out))
+        return _flax_layout_to_refmask(out)
     if is_causal:
         mask = refmask.and_masks(mask, refmask.causal_mask(q.shape[-2], k.shape[-2], backend="jax"))
     weights = refmask.attention_weights(q, k, mask, bias=bias, fully_masked=fully_masked, backend="jax")

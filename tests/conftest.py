@@ -1,26 +1,62 @@
+"""The suite's backend fixture, `variant`, over refmask's registry of backends (refmask._backends).
+
+No framework is imported here or at collection: a variant's framework is imported when its first
+test is set up, and each test gets its framework's configuration for itself (JAX's x64 flag is
+switched for the test and restored after), so no test inherits another's. A variant whose framework
+is not installed is skipped with the registry's reason and install hint; --refmask-backends (refmask's
+pytest plugin) narrows the variants as it narrows the plugin's `attention_backend` fixture.
+"""
+
 import os
 
 # Four host devices let the JAX sharding tests run on CPU; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
-import pytest  # noqa: E402
+import pytest
 
-from harness import VARIANT_MODULES, load_variants  # noqa: E402
-
-
-def _variant_params():
-    for framework in VARIANT_MODULES:
-        loaded = load_variants(framework)
-        if isinstance(loaded, str):
-            yield pytest.param(None, id=framework, marks=pytest.mark.skip(reason=loaded))
-        else:
-            yield from (pytest.param(v, id=v.id) for v in loaded)
+from harness import VARIANTS, VariantName
+from refmask._backends import unavailable_reason
 
 
-VARIANT_PARAMS = list(_variant_params())
-
-
-@pytest.fixture(scope="session", params=VARIANT_PARAMS)
+@pytest.fixture(params=[pytest.param(v, id=v.id) for v in VARIANTS])
 def variant(request):
-    """Each installed backend variant (numpy; jax eager and jit; torch eager and autograd ...)."""
-    return request.param
+    """Each backend variant (jax eager, jitted and with x64 off; torch eager and autograd), set up for one test."""
+    name: VariantName = request.param
+    why = name.unavailable_reason()
+    if why is not None:
+        pytest.skip(why)
+    chosen = name.load()
+    with chosen.configured():
+        yield chosen
+
+
+@pytest.fixture(autouse=True)
+def _jax_x64_when_marked(request):
+    """Tests marked jax_x64 run with jax_enable_x64 on, restored after."""
+    if request.node.get_closest_marker("jax_x64") is None:
+        yield
+        return
+    why = unavailable_reason("jax")
+    if why is not None:
+        pytest.skip(why)
+    import jax
+
+    with jax.enable_x64(True):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    from refmask.testing.plugin import selected_backends
+
+    try:
+        chosen = set(selected_backends(config))
+    except ValueError:  # refmask's plugin is disabled (-p no:refmask): no option to narrow by
+        return
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
+    for item in items:
+        name = getattr(getattr(item, "callspec", None), "params", {}).get("variant")
+        (drop if isinstance(name, VariantName) and name.backend not in chosen else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

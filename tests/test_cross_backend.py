@@ -1,38 +1,29 @@
 """Every backend variant against the oracle, on the shared catalogue (refmask.testing.cases).
 
 Masks and converters: bit-identical. Weights and outputs: exact structure (the same exact zeros,
-the same NaNs), values within the per-dtype bounds of refmask.testing.tolerances.
+the same NaNs), values within the per-dtype bounds of refmask.testing.tolerances. The expected
+result is the oracle's on the inputs as the variant computes on them (`variant.expected`): the
+inputs themselves, except under JAX's default configuration, where float64 enters as float32.
+That the public API with backend="numpy" is the oracle is tested in test_import_and_dispatch.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.compare import assert_identical
 from refmask import oracle
+from refmask._backends import unavailable_reason
 from refmask.testing import assert_attention_close, assert_weights_close
 from refmask.testing.cases import ATTENTION_CASES, DTYPES, MASK_CALLS, POLICIES, numpy_dtype
 
 
-def assert_identical(actual, expected, what):
-    """Same type structure, shape, dtype and bits (NaN == NaN)."""
-    if isinstance(expected, tuple) or expected is None:
-        assert type(actual) is type(expected), f"{what}: got {type(actual)}, oracle {type(expected)}"
-        for a, e in zip(actual or (), expected or ()):
-            assert_identical(a, e, what)
-        return
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, oracle {expected.shape}"
-    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, oracle {expected.dtype}"
-    differs = ~((actual == expected) | (np.isnan(actual) & np.isnan(expected)) if actual.dtype.kind == "f"
-                else actual == expected)
-    assert not differs.any(), f"{what}: {int(differs.sum())} entries differ, first at {np.argwhere(differs)[0]}"
-
-
 @pytest.mark.parametrize("call", MASK_CALLS, ids=lambda c: c.id)
 def test_mask_function_is_bit_identical_to_oracle(variant, call):
-    expected = getattr(oracle, call.fn)(*call.args, **call.kwargs)
+    expected = variant.expected(call.fn, *call.args, **call.kwargs)
     actual = variant.call(call.fn, *call.args, **call.kwargs)
     assert_identical(actual, expected, f"{call.fn}{call.args}")
 
@@ -47,9 +38,9 @@ policies = pytest.mark.parametrize("fully_masked", POLICIES)
 @policies
 def test_masked_softmax_matches_oracle(variant, case, dtype, fully_masked):
     scores, mask = case.arrays(dtype)["scores"], case.mask()
-    expected = oracle.masked_softmax(scores, mask, fully_masked=fully_masked)
+    expected = variant.expected("masked_softmax", scores, mask, fully_masked=fully_masked)
     actual = variant.call("masked_softmax", scores, mask, fully_masked=fully_masked)
-    assert_weights_close(actual, expected, mask=mask, scores=scores)
+    assert_weights_close(actual, expected, mask=mask, scores=variant.computed_input(scores))
 
 
 @cases
@@ -57,7 +48,7 @@ def test_masked_softmax_matches_oracle(variant, case, dtype, fully_masked):
 @policies
 def test_attention_weights_match_oracle(variant, case, dtype, fully_masked):
     a, mask = case.arrays(dtype), case.mask()
-    expected = oracle.attention_weights(a["q"], a["k"], mask, fully_masked=fully_masked)
+    expected = variant.expected("attention_weights", a["q"], a["k"], mask, fully_masked=fully_masked)
     actual = variant.call("attention_weights", a["q"], a["k"], mask, fully_masked=fully_masked)
     assert_weights_close(actual, expected, mask=mask)
 
@@ -67,14 +58,14 @@ def test_attention_weights_match_oracle(variant, case, dtype, fully_masked):
 @policies
 def test_attention_matches_oracle(variant, case, dtype, fully_masked):
     a, mask = case.arrays(dtype), case.mask()
-    expected, expected_w = oracle.attention(
-        a["q"], a["k"], a["v"], mask, fully_masked=fully_masked, return_weights=True
+    expected, expected_w = variant.expected(
+        "attention", a["q"], a["k"], a["v"], mask, fully_masked=fully_masked, return_weights=True
     )
     out = variant.call("attention", a["q"], a["k"], a["v"], mask, fully_masked=fully_masked)
     out_w, w = variant.call(
         "attention", a["q"], a["k"], a["v"], mask, fully_masked=fully_masked, return_weights=True
     )
-    v_scale = float(np.abs(a["v"].astype(np.float64)).max(initial=0.0))
+    v_scale = float(np.abs(variant.computed_input(a["v"]).astype(np.float64)).max(initial=0.0))
     assert_attention_close(out, expected, scale=v_scale)
     assert_attention_close(out_w, expected, scale=v_scale)
     assert_weights_close(w, expected_w, mask=mask)
@@ -86,7 +77,7 @@ def test_attention_is_causal_and_bias_match_oracle(variant, dtype):
     a = case.arrays(dtype)
     bias = (-0.5 * np.abs(np.arange(5)[:, None] - np.arange(5)[None, :])).astype(numpy_dtype(dtype))
     padding = oracle.attention_padding_mask(oracle.padding_mask(np.array([5, 2]), 5))
-    expected = oracle.attention(a["q"], a["k"], a["v"], padding, bias=bias, scale=0.3, is_causal=True)
+    expected = variant.expected("attention", a["q"], a["k"], a["v"], padding, bias=bias, scale=0.3, is_causal=True)
     actual = variant.call("attention", a["q"], a["k"], a["v"], padding, bias=bias, scale=0.3, is_causal=True)
     assert_attention_close(actual, expected, scale=float(np.abs(a["v"].astype(np.float64)).max()))
 
@@ -96,6 +87,7 @@ def test_attention_is_causal_and_bias_match_oracle(variant, dtype):
 def test_masked_scores_never_change_the_result(variant, poison, fully_masked):
     case = next(c for c in ATTENTION_CASES if c.id == "causal+padding")
     scores, mask = case.arrays("float32")["scores"], case.mask()
+    assert mask is not None
     clean = variant.call("masked_softmax", scores, mask, fully_masked=fully_masked)
     poisoned = np.where(mask, scores, np.float32(poison))
     dirty = variant.call("masked_softmax", poisoned, mask, fully_masked=fully_masked)
@@ -116,10 +108,28 @@ def softmax_problems(draw):
     return scores, keep, draw(st.sampled_from(POLICIES))
 
 
-@settings(max_examples=40, deadline=None)
+# The variant holds no per-example state: its framework configuration is meant to hold for every example.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(problem=softmax_problems())
 def test_masked_softmax_random_problems_match_oracle(variant, problem):
     scores, keep, fully_masked = problem
-    expected = oracle.masked_softmax(scores, keep, fully_masked=fully_masked)
+    expected = variant.expected("masked_softmax", scores, keep, fully_masked=fully_masked)
     actual = variant.call("masked_softmax", scores, keep, fully_masked=fully_masked)
-    assert_weights_close(actual, expected, mask=keep, scores=scores)
+    assert_weights_close(actual, expected, mask=keep, scores=variant.computed_input(scores))
+
+
+def test_jit_variant_traces_once_per_function_and_static_arguments():
+    if (why := unavailable_reason("jax")) is not None:
+        pytest.skip(why)
+    from harness.jax_variants import JitVariant
+
+    jit = JitVariant("jax-jit", x64=False)
+    case = next(c for c in ATTENTION_CASES if c.id == "causal+padding")
+    mask = case.mask()
+    with jit.configured():
+        for seed in range(3):  # new values, same shapes: no new trace
+            jit.call("masked_softmax", case.arrays("float32", seed)["scores"], mask, fully_masked="zero")
+        (jitted,) = jit._jitted.values()
+        assert jitted._cache_size() == 1
+        jit.call("masked_softmax", case.arrays("float32")["scores"], mask, fully_masked="nan")
+        assert len(jit._jitted) == 2  # a new static argument is a new function

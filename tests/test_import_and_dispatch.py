@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 import pytest
 
 import refmask
-from refmask import _backends, oracle
+from harness.compare import assert_identical
+from refmask import _api, _backends, oracle
+from refmask.testing.cases import ATTENTION_CASES, MASK_CALLS
 
 FRAMEWORKS = ("jax", "jaxlib", "flax", "torch")
 
@@ -29,7 +33,8 @@ def test_import_refmask_and_numpy_calls_import_no_framework():
             return sorted(m for m in {FRAMEWORKS!r} if m in sys.modules)
 
         assert loaded() == [], ("after import refmask", loaded())
-        mask = refmask.and_masks(refmask.causal_mask(4), refmask.attention_padding_mask(refmask.padding_mask([4, 2], 4)))
+        padding = refmask.attention_padding_mask(refmask.padding_mask([4, 2], 4))
+        mask = refmask.and_masks(refmask.causal_mask(4), padding)
         refmask.masked_softmax(np.zeros((2, 1, 4, 4), np.float32), mask, fully_masked="uniform")
         q = np.ones((2, 2, 4, 3))
         refmask.attention(q, q, q, mask, return_weights=True)
@@ -44,13 +49,42 @@ def test_import_refmask_and_numpy_calls_import_no_framework():
     assert result.stdout.strip() == "ok"
 
 
-def test_backend_names():
-    assert refmask.BACKENDS == ("numpy", "jax", "torch")
+def test_installed_backends_are_those_that_can_run_here():
+    installed = refmask.installed_backends()
+    assert installed[0] == "numpy"
+    for name in refmask.BACKENDS:
+        why = _backends.unavailable_reason(name)
+        assert (name in installed) == (why is None), (name, why)
+        if why is not None:
+            assert f"refmask[{name}]" in why, why  # the install hint
+            assert importlib.util.find_spec(name) is None
 
 
-def test_installed_backends_here():
-    # The test environment installs every extra (refmask[all]).
-    assert refmask.installed_backends() == ("numpy", "jax", "torch")
+def _one_call_per_public_function():
+    """{function name: (args, kwargs)}: the first catalogue call of each mask function, and one
+    attention problem for the rest."""
+    calls: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+    for call in MASK_CALLS:
+        calls.setdefault(call.fn, (call.args, call.kwargs))
+    case = next(c for c in ATTENTION_CASES if c.id == "causal+padding")
+    a, mask = case.arrays("float32"), case.mask()
+    assert mask is not None
+    calls.setdefault("from_multiplicative", ((mask.astype(np.float32),), {}))
+    calls["masked_softmax"] = ((a["scores"], mask), {"fully_masked": "uniform"})
+    calls["attention_weights"] = ((a["q"], a["k"], mask), {"scale": 0.5})
+    calls["attention"] = ((a["q"], a["k"], a["v"], mask), {"is_causal": True, "return_weights": True})
+    return calls
+
+
+NUMPY_CALLS = _one_call_per_public_function()
+
+
+@pytest.mark.parametrize("fn", _api.PUBLIC)
+def test_numpy_backend_is_the_oracle(fn):
+    args, kwargs = NUMPY_CALLS[fn]
+    expected = getattr(oracle, fn)(*args, **kwargs)
+    for backend in ("numpy", None):
+        assert_identical(getattr(refmask, fn)(*args, backend=backend, **kwargs), expected, f"{fn}, backend={backend}")
 
 
 @pytest.mark.parametrize("arrays", [
@@ -71,24 +105,34 @@ def test_public_functions_return_numpy_for_numpy_input():
     assert type(refmask.causal_mask(3, backend="numpy")) is np.ndarray
 
 
-@pytest.fixture(scope="module")
-def frameworks():
-    import jax.numpy as jnp
-    import torch
+def _framework(backend, module):
+    why = _backends.unavailable_reason(backend)
+    if why is not None:
+        pytest.skip(why)
+    return importlib.import_module(module)
 
-    return jnp, torch
+
+@pytest.fixture
+def jnp():
+    return _framework("jax", "jax.numpy")
 
 
-def test_jax_and_torch_arrays_are_recognised(frameworks):
-    jnp, torch = frameworks
+@pytest.fixture
+def torch():
+    return _framework("torch", "torch")
+
+
+def test_jax_arrays_are_recognised(jnp):
     assert _backends.infer_backend(jnp.zeros(3)) == "jax"
-    assert _backends.infer_backend(torch.zeros(3)) == "torch"
     assert _backends.infer_backend(np.zeros(3), jnp.zeros(3), None) == "jax"
+
+
+def test_torch_arrays_are_recognised(torch):
+    assert _backends.infer_backend(torch.zeros(3)) == "torch"
     assert _backends.infer_backend(torch.zeros(3), [1.0], np.ones(2)) == "torch"
 
 
-def test_mixing_jax_and_torch_arrays_is_a_type_error(frameworks):
-    jnp, torch = frameworks
+def test_mixing_jax_and_torch_arrays_is_a_type_error(jnp, torch):
     with pytest.raises(TypeError) as raised:
         refmask.masked_softmax(jnp.zeros((2, 3)), torch.ones((2, 3), dtype=torch.bool))
     message = str(raised.value)

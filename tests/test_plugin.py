@@ -3,21 +3,14 @@ an `attention_backend` fixture, and nothing at all for test runs that do not ask
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from refmask import BACKENDS
+from refmask import BACKENDS, installed_backends
+from refmask._backends import unavailable_reason
 
 pytest_plugins = ["pytester"]
 
-
-def _runnable(name: str) -> bool:
-    module = {"numpy": "refmask.oracle", "jax": "refmask.backends.jax", "torch": "refmask.backends.torch"}[name]
-    return importlib.util.find_spec(name) is not None and importlib.util.find_spec(module) is not None
-
-
-RUNNABLE = [b for b in BACKENDS if _runnable(b)]
+RUNNABLE = installed_backends()
 
 USES_FIXTURE = """
 def test_backend(attention_backend):
@@ -57,6 +50,7 @@ def test_fixture_runs_the_test_once_per_backend(pytester):
     result.stdout.fnmatch_lines(["*test_backend?numpy? PASSED*"])
     for name in set(BACKENDS) - set(RUNNABLE):
         result.stdout.fnmatch_lines([f"*test_backend?{name}? SKIPPED*"])
+        assert unavailable_reason(name) in result.stdout.str()  # the registry's reason and install hint
 
 
 def test_option_selects_backends(pytester):

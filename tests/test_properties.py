@@ -341,6 +341,14 @@ UNIFORM_ROW_MEAN_SUBNORMAL = Problem(
      "v": _f("float64", [0.0, -float(np.finfo(np.float64).tiny)], (1, 1, 2, 1))},
     {"scale": 1.0, "is_causal": False, "return_weights": False})
 
+# Each product 1/2 * -tiny is subnormal: with flush-to-zero (jax on CPU) the output -tiny comes out 0.
+FLUSHED_PRODUCTS = Problem(
+    "float64", "zero", None,
+    {"q": np.zeros((1, 2, 1, 1)), "k": np.zeros((1, 2, 2, 1)),
+     "v": _f("float64", [0.0, 0.0, -float(np.finfo(np.float64).tiny), -float(np.finfo(np.float64).tiny)],
+             (1, 2, 2, 1))},
+    {"scale": 1.0, "is_causal": False, "return_weights": False})
+
 
 # ----------------------------------------------------------------------------------------------
 # the properties
@@ -375,6 +383,7 @@ def test_attention_weights_match_the_oracle(backend, problem):
 @example(problem=CANCELLING_VALUES)
 @example(problem=UNIFORM_ROW_MEAN_ZERO)
 @example(problem=UNIFORM_ROW_MEAN_SUBNORMAL)
+@example(problem=FLUSHED_PRODUCTS)
 def test_attention_matches_the_oracle(backend, problem):
     framework(backend)
     actual = run("attention", backend, problem)

@@ -8,22 +8,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from typing import Any
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from refmask._backends import unavailable_reason
 
-import torch.nn.functional as F  # noqa: E402
+if (TORCH_MISSING := unavailable_reason("torch")) is not None:
+    pytest.skip(TORCH_MISSING, allow_module_level=True)
 
-import refmask  # noqa: E402
-from refmask import _dtypes  # noqa: E402
-import refmask.torch as rt  # noqa: E402
-from refmask import oracle  # noqa: E402
-from refmask.backends import torch as tb  # noqa: E402
-from refmask.testing import assert_attention_close, assert_weights_close, tolerances  # noqa: E402
-from refmask.testing.cases import ATTENTION_CASES, numpy_dtype  # noqa: E402
+import torch
+import torch.nn.functional as F
+
+import refmask
+import refmask.torch as rt
+from refmask import _dtypes, oracle
+from refmask.backends import torch as tb
+from refmask.testing import assert_attention_close, assert_weights_close, tolerances
+from refmask.testing.cases import ATTENTION_CASES, numpy_dtype
 
 CASES = {c.id: c for c in ATTENTION_CASES}
 MASKED_CASES = [c for c in ATTENTION_CASES if c.mask() is not None and c.q_len * c.kv_len > 0]
@@ -94,7 +97,7 @@ def test_gradcheck_attention_float64(case_id, fully_masked):
     case = CASES[case_id]
     a, mask = case.arrays("float64"), case.mask()
     # head and value dims cut to 3 and 2 keep gradcheck's finite differences quick
-    q, k, v = (t(a[n][..., :d].copy(), requires_grad=True) for n, d in zip("qkv", (3, 3, 2)))
+    q, k, v = (t(a[n][..., :d].copy(), requires_grad=True) for n, d in zip("qkv", (3, 3, 2), strict=False))
     m = t(mask)
     bias = t(0.1 * cotangent(case.scores_shape[-2:], "float64"), requires_grad=True)
 
@@ -161,18 +164,16 @@ COMPILE_BACKEND = os.environ.get("REFMASK_TEST_COMPILE_BACKEND", "aot_eager")
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fully_masked", ["zero", "uniform"])
 def test_attention_under_torch_compile_matches_eager(fully_masked):
-    # aot_eager traces the whole function (fullgraph=True: no graph break) through AOTAutograd in a
-    # second or so; inductor compiles C++ for ~20 s on a shared CPU, so it runs on request
+    # aot_eager traces the whole function (fullgraph=True: no graph break) through AOTAutograd;
+    # inductor also compiles C++, which takes far longer, so it runs on request
     # (REFMASK_TEST_COMPILE_BACKEND=inductor).
     torch._dynamo.reset()
     q, k, v, mask = _causal_padding_problem()
-    start = time.perf_counter()
     compiled = torch.compile(tb.attention, backend=COMPILE_BACKEND, fullgraph=True)
     out, w = compiled(q, k, v, mask, fully_masked=fully_masked, return_weights=True)
     eager_out, eager_w = tb.attention(q, k, v, mask, fully_masked=fully_masked, return_weights=True)
     torch.testing.assert_close(out, eager_out, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(w, eager_w, rtol=1e-6, atol=1e-6)
-    assert time.perf_counter() - start < 60
     # gradients through the compiled function
     qq = q.clone().requires_grad_(True)
     compiled(qq, k, v, mask, fully_masked=fully_masked).sum().backward()
@@ -312,10 +313,7 @@ def test_constructors_honour_device(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_results_follow_the_inputs_device(device):
-    if device == "meta":
-        scores = torch.empty(2, 2, 4, 4, device="meta")
-    else:
-        scores = torch.randn(2, 2, 4, 4, device=device)
+    scores = torch.empty(2, 2, 4, 4, device="meta") if device == "meta" else torch.randn(2, 2, 4, 4, device=device)
     mask = np.tril(np.ones((4, 4), bool))  # a NumPy mask goes to the scores' device
     for policy in ("zero", "uniform", "nan"):
         w = refmask.masked_softmax(scores, mask, fully_masked=policy)
@@ -371,38 +369,6 @@ def test_bfloat16_numpy_round_trip_is_bit_exact():
     assert (y.view(torch.int16).numpy() == bits).all()
     assert tb.to_numpy(y).view(np.int16).tobytes() == bits.tobytes()
     assert tb.to_numpy(y.requires_grad_(False)[::2]).view(np.int16).tobytes() == bits[::2].tobytes()
-
-
-BAD_CALLS = [
-    ("masked_softmax", (np.zeros((2, 3), np.float32), np.ones((2, 3), np.int64)), {}),
-    ("masked_softmax", (np.zeros((2, 3), np.int32),), {}),
-    ("masked_softmax", (np.zeros((2, 3), np.float32), np.ones((3, 3), bool)), {}),
-    ("masked_softmax", (np.zeros((2, 3), np.float32),), {"fully_masked": "ones"}),
-    ("padding_mask", (np.array([1, 5]), 4), {}),
-    ("padding_mask", (np.array([-1]), 4), {}),
-    ("causal_mask", (3,), {"align": "bottom"}),
-    ("sliding_window_mask", (3,), {"window": (1, -1)}),
-    ("chunked_mask", (3,), {"chunk_size": 0}),
-    ("prefix_lm_mask", (np.array([5]), 3), {}),
-    ("segment_mask", (np.zeros((2, 3), np.int64), np.zeros((1, 3), np.int64)), {}),
-    ("to_additive", (np.ones((2, 2), bool), "float16"), {"fill": -1e9}),
-    ("from_additive", (np.array([0.0, np.nan], np.float32),), {}),
-    ("from_hf", (np.array([[1, 2]]),), {}),
-    ("from_torch_mha", (np.array([[0.0, -1.0]], np.float32),), {}),
-    ("attention", (np.zeros((2, 4, 3, 8), np.float32), np.zeros((2, 3, 3, 8), np.float32),
-                   np.zeros((2, 3, 3, 8), np.float32)), {}),
-    ("attention", (np.zeros((2, 3, 8), np.float32), np.zeros((2, 3, 8), np.float64),
-                   np.zeros((2, 3, 8), np.float32)), {}),
-]
-
-
-@pytest.mark.parametrize("fn, args, kwargs", BAD_CALLS, ids=[f"{c[0]}-{n}" for n, c in enumerate(BAD_CALLS)])
-def test_errors_are_the_oracles(fn, args, kwargs):
-    with pytest.raises((TypeError, ValueError)) as expected:
-        getattr(oracle, fn)(*args, **kwargs)
-    with pytest.raises(expected.type) as actual:
-        getattr(refmask, fn)(*(t(a) if isinstance(a, np.ndarray) else a for a in args), backend="torch", **kwargs)
-    assert str(actual.value) == str(expected.value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -513,7 +479,12 @@ def test_sdpa_dropin_refuses_integer_masks():
 # ----------------------------------------------------------------------------------------------
 # refmask.torch.mask_mod and FlexAttention
 
-flex = pytest.importorskip("torch.nn.attention.flex_attention")
+flex: Any
+try:
+    from torch.nn.attention import flex_attention as flex
+except ImportError:  # torch before 2.5
+    flex = None
+needs_flex = pytest.mark.skipif(flex is None, reason="needs torch.nn.attention.flex_attention (torch >= 2.5)")
 
 LENGTHS = np.array([5, 2, 0])
 SEGMENTS = np.array([[0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 0, -1, -1, -1], [3, 3, 3, 4, 4, 4, 4]])
@@ -525,6 +496,7 @@ def _mask_mod_pairs():
     """(id, mask_mod, the oracle's mask, B, T, S)."""
     T, S = 5, 7
     seg_q = SEGMENTS[:, :T]
+    causal_and_padding = oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))
     pairs = [
         ("causal", rt.mask_mod.causal(T, S), oracle.causal_mask(T, S)),
         ("causal-bottom_right", rt.mask_mod.causal(T, S, align="bottom_right"),
@@ -556,8 +528,7 @@ def _mask_mod_pairs():
                           oracle.segment_mask(seg_q, SEGMENTS))),
         ("or", rt.mask_mod.prefix_lm(np.array([2, 0, 7]), T, S) | rt.mask_mod.chunked(T, S, chunk_size=2),
          oracle.or_masks(oracle.prefix_lm_mask(np.array([2, 0, 7]), T, S), oracle.chunked_mask(T, S, chunk_size=2))),
-        ("from-mask", rt.mask_mod.from_mask(oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))),
-         oracle.and_masks(oracle.causal_mask(T, S), oracle.attention_padding_mask(KV_VALID))),
+        ("from-mask", rt.mask_mod.from_mask(causal_and_padding), causal_and_padding),
     ]
     return pairs
 
@@ -565,6 +536,7 @@ def _mask_mod_pairs():
 MASK_MODS = _mask_mod_pairs()
 
 
+@needs_flex
 @pytest.mark.parametrize("name, mod, expected", MASK_MODS, ids=[p[0] for p in MASK_MODS])
 def test_mask_mod_is_the_refmask_mask(name, mod, expected):
     B, H = 3, 2
@@ -573,6 +545,7 @@ def test_mask_mod_is_the_refmask_mask(name, mod, expected):
     assert torch.equal(dense, torch.from_numpy(np.broadcast_to(expected, (B, H, T, S)).copy()))
 
 
+@needs_flex
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
 @pytest.mark.parametrize("name, mod, expected", MASK_MODS, ids=[p[0] for p in MASK_MODS])
 def test_flex_attention_with_mask_mod_matches_oracle(name, mod, expected):
@@ -589,6 +562,7 @@ def test_flex_attention_with_mask_mod_matches_oracle(name, mod, expected):
     assert_attention_close(out, expected_out, scale=float(np.abs(v).max()))
 
 
+@needs_flex  # block_mask() is create_block_mask
 def test_mask_mod_errors_are_the_constructors():
     with pytest.raises(ValueError) as expected:
         oracle.padding_mask(np.array([9]), 4)

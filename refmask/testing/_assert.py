@@ -403,7 +403,9 @@ def output_error(actual: Any, expected: Any, *, scale: float | None = None, mask
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     ref = _output_scale(e64) if scale is None else float(scale)
-    diff = np.where(np.isnan(e64) | _flushed(a, e, mask, weights=False), 0.0, np.abs(a64 - e64))
+    diff = np.abs(a64 - e64)
+    agree = np.isnan(e64) | _flushed(a, e, mask, weights=False) | (diff <= tol.output_flush_allowance(a.dtype))
+    diff = np.where(agree, 0.0, diff)
     worst = float(diff.max(initial=0.0))
     if worst == 0.0:
         return 0.0
@@ -471,6 +473,8 @@ def assert_attention_close(
         bound = max_ulp if max_ulp is not None else tol.tolerance(tol.ATTENTION_OUTPUT_MAX_ULP, a.dtype)
         allowed = bound * tol.eps(a.dtype) * ref
         kind = f"more than {bound:g} * eps * {ref:g} apart"
+    # Flushed subnormal products (tolerances.output_flush_allowance), wherever the mask does not decide.
+    allowed = np.maximum(allowed, tol.output_flush_allowance(a.dtype))
     skip = np.isnan(e64) | _flushed(a, e, mask_decides, weights=False)
     excess = np.where(skip, -np.inf, np.abs(a64 - e64) - allowed)
     bad = excess > 0

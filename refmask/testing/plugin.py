@@ -11,20 +11,19 @@ so it is built to change nothing in a test run that does not ask for it:
 - its collection hook deselects only tests parametrised by this fixture's own parameters.
 
 A test that requests `attention_backend` runs once per backend ("numpy", "jax", "torch") and gets
-the backend's name, to pass as `backend=`. Backends whose framework (or refmask backend module) is
-missing are skipped with the reason; --refmask-backends=numpy,torch (or `refmask_backends =
+the backend's name, to pass as `backend=`. Backends whose framework is not installed are skipped
+with the reason and the install command; --refmask-backends=numpy,torch (or `refmask_backends =
 numpy,torch` in the ini file) deselects the others. With plugin autoloading disabled
 (PYTEST_DISABLE_PLUGIN_AUTOLOAD=1), enable it with `-p refmask.testing.plugin`.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
 import pytest
 
-from .._backends import _MODULES, BACKENDS, installed_backends
+from .._backends import BACKENDS, unavailable_reason
 
 _OPTION = "--refmask-backends"
 _INI = "refmask_backends"
@@ -74,15 +73,6 @@ def pytest_configure(config: pytest.Config) -> None:
     selected_backends(config)  # a typo in the option fails at startup, not at the first test
 
 
-def _missing(name: str) -> str | None:
-    """Why backend `name` cannot run here, or None."""
-    if name not in installed_backends():
-        return f'{name} is not installed (pip install "refmask[{name}]")'
-    if importlib.util.find_spec(_MODULES[name]) is None:
-        return f"refmask has no {name} backend module ({_MODULES[name]})"
-    return None
-
-
 @pytest.fixture(params=[_BackendParam(n) for n in BACKENDS], ids=list(BACKENDS))
 def attention_backend(request: pytest.FixtureRequest) -> str:
     """The name of one refmask backend ("numpy", "jax" or "torch"); the test runs once per backend.
@@ -91,8 +81,8 @@ def attention_backend(request: pytest.FixtureRequest) -> str:
     refmask._backends.from_numpy. Missing frameworks are skipped; --refmask-backends narrows the set.
     """
     name = request.param.name
-    why = _missing(name)
-    if why:
+    why = unavailable_reason(name)
+    if why is not None:
         pytest.skip(why)
     return name
 
@@ -101,7 +91,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     chosen = set(selected_backends(config))
     if chosen == set(BACKENDS):
         return
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         param = getattr(getattr(item, "callspec", None), "params", {}).get("attention_backend")
         (drop if isinstance(param, _BackendParam) and param.name not in chosen else keep).append(item)

@@ -189,6 +189,18 @@ def subnormals_agree(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
         return (np.abs(actual.astype(np.float64)) < bound) & (np.abs(expected.astype(np.float64)) < bound)
 
 
+# An attention output sums S products w_j * v_j; under flush-to-zero each product below the smallest
+# normal may come back as 0, so a correct output may be off by up to S * flush_to_zero_bound in absolute
+# terms (v = [-tiny, -tiny] with weights 1/2: each product is subnormal, the sum is -tiny, and jax gives
+# 0). The allowance covers rows of up to this many keys; it is far below any meaningful output.
+OUTPUT_FLUSH_TERMS = 2**16
+
+
+def output_flush_allowance(dtype: Any) -> float:
+    """The absolute difference an attention output of `dtype` may show from flushed subnormal products."""
+    return OUTPUT_FLUSH_TERMS * flush_to_zero_bound(dtype)
+
+
 # exp(-746) is 0 in float64 (its smallest subnormal is exp(-744.4)), and so in every narrower dtype.
 SOFTMAX_SPREAD_CAP = 746.0
 

@@ -1,43 +1,106 @@
-"""The JAX backend, eager and under jax.jit.
+"""The JAX backend, eager and under jax.jit, with float64 enabled, and eager in JAX's default configuration.
 
-float64 cases must really run in float64, so jax_enable_x64 is switched on here (the variants are
-loaded at collection time, before any jax array exists).
+"jax" and "jax-jit" switch jax_enable_x64 on for the test they run (restored after), so float64
+cases really compute in float64. "jax-x64off" runs with it off, as JAX runs unless told otherwise:
+there a float64 (int64) input becomes float32 (int32) when it enters JAX, so refmask computes and
+returns float32, and the expected result is the oracle's on the inputs rounded the same way.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
+import refmask
 from harness import Variant
 
-import refmask
 
-jax.config.update("jax_enable_x64", True)
+class JaxVariant(Variant):
+    def __init__(self, id: str, *, x64: bool) -> None:
+        super().__init__("jax", id)
+        self.x64 = x64
+
+    @contextlib.contextmanager
+    def configured(self) -> Iterator[None]:
+        with jax.enable_x64(self.x64):
+            yield
+
+    def computed_input(self, x: Any) -> Any:
+        if self.x64 or not isinstance(x, np.ndarray):
+            return x
+        with jax.enable_x64(False):
+            return x.astype(jax.dtypes.canonicalize_dtype(x.dtype), copy=False)
 
 
-class JitVariant(Variant):
+# Stands for an array argument in a JitVariant cache key.
+_ARRAY = object()
+
+
+def _static_key(value: Any) -> Any:
+    """A hashable key that tells static arguments apart by type as well as value (1, 1.0 and True)."""
+    if isinstance(value, np.ndarray):
+        return _ARRAY
+    if isinstance(value, tuple):
+        return (tuple, tuple(_static_key(v) for v in value))
+    return (type(value), value)
+
+
+class JitVariant(JaxVariant):
     """refmask.<fn> inside jax.jit: NumPy-array arguments are traced, everything else is static.
 
     Static arguments (sizes, policies, dtypes, None) are closed over, so value-dependent checks are
     skipped as they are under a user's jit, and every result is produced by a compiled function.
+    There is one jitted function per refmask function and static arguments: like a user's jitted
+    function, it traces and compiles once per shape and dtype of its arrays. The most recently used
+    ones are kept (calls that share static arguments come from one test, or its neighbours), so the
+    executables of the whole catalogue do not pile up in memory.
     """
 
+    CACHED_FUNCTIONS = 256
+
+    def __init__(self, id: str, *, x64: bool) -> None:
+        super().__init__(id, x64=x64)
+        self._jitted: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
     def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        key = (
+            fn,
+            tuple(_static_key(a) for a in args),
+            tuple(sorted((name, _static_key(v)) for name, v in kwargs.items())),
+        )
+        jitted = self._jitted.get(key)
+        if jitted is None:
+            jitted = self._jitted[key] = self._jit(fn, args, kwargs)
+            if len(self._jitted) > self.CACHED_FUNCTIONS:
+                self._jitted.popitem(last=False)
+        else:
+            self._jitted.move_to_end(key)
+        dyn_args = [self.asarray(a) for a in args if isinstance(a, np.ndarray)]
+        dyn_kwargs = {name: self.asarray(v) for name, v in kwargs.items() if isinstance(v, np.ndarray)}
+        return self.to_numpy(jitted(dyn_args, dyn_kwargs))
+
+    def _jit(self, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
         positions = [n for n, a in enumerate(args) if isinstance(a, np.ndarray)]
-        names = [name for name, v in kwargs.items() if isinstance(v, np.ndarray)]
+        static_args = [None if isinstance(a, np.ndarray) else a for a in args]
+        static_kwargs = {name: v for name, v in kwargs.items() if not isinstance(v, np.ndarray)}
+        target, backend = getattr(refmask, fn), self.backend
 
-        def traced(dyn_args, dyn_kwargs):
-            full = list(args)
-            for n, a in zip(positions, dyn_args):
+        def traced(dyn_args: list[Any], dyn_kwargs: dict[str, Any]) -> Any:
+            full = list(static_args)
+            for n, a in zip(positions, dyn_args, strict=True):
                 full[n] = a
-            return getattr(refmask, fn)(*full, backend=self.backend, **{**kwargs, **dyn_kwargs})
+            return target(*full, backend=backend, **static_kwargs, **dyn_kwargs)
 
-        dyn_args = [self.asarray(args[n]) for n in positions]
-        dyn_kwargs = {name: self.asarray(kwargs[name]) for name in names}
-        return self.to_numpy(jax.jit(traced)(dyn_args, dyn_kwargs))
+        return jax.jit(traced)
 
 
-VARIANTS = [Variant("jax"), JitVariant("jax", id="jax-jit")]
+VARIANTS = {
+    "jax": JaxVariant("jax", x64=True),
+    "jax-jit": JitVariant("jax-jit", x64=True),
+    "jax-x64off": JaxVariant("jax-x64off", x64=False),
+}

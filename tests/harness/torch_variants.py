@@ -4,8 +4,7 @@
 autograd-safe path (no in-place softmax, out-of-place fixes of fully-masked rows); it then runs a
 backward pass through each floating result and checks that the gradients exist and, under the
 "zero" and "uniform" policies, are finite everywhere (fully-masked rows included, and also when
-masked scores hold NaN or inf). Results are
-detached before they are compared with the oracle.
+masked scores hold NaN or inf). Results are detached before they are compared with the oracle.
 """
 
 from __future__ import annotations
@@ -48,11 +47,11 @@ class AutogradVariant(Variant):
             for o in outputs
         ]
         grads = torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
-        for x, g in zip(inputs, grads):
+        for x, g in zip(inputs, grads, strict=True):
             assert g is not None, "an input that requires grad got no gradient"
             assert g.shape == x.shape and g.dtype == x.dtype
             if policy in ("zero", "uniform"):
                 assert bool(torch.isfinite(g).all()), f'non-finite gradient under fully_masked="{policy}"'
 
 
-VARIANTS = [Variant("torch"), AutogradVariant()]
+VARIANTS = {"torch": Variant("torch"), "torch-autograd": AutogradVariant()}
