@@ -981,7 +981,7 @@ def test_torch_tensors_given_to_another_backend_are_converted(kind, backend):
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_whose_framework_is_missing_says_how_to_install_it(monkeypatch, backend):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(_backends.importlib.util, "find_spec",
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a, **k: None if name == backend else real_find_spec(name, *a, **k))
     monkeypatch.delitem(sys.modules, backend, raising=False)  # as if it had never been imported
     monkeypatch.delitem(sys.modules, f"refmask.backends.{backend}", raising=False)  # nor its backend
@@ -1002,8 +1002,8 @@ def test_the_check_refuses_an_error_raised_inside_a_framework():
         np.broadcast_arrays(np.ones((2, 3)), np.ones(4))
     with pytest.raises(AssertionError, match="not by refmask itself"):
         assert_refmask_error(raised.value, ValueError, ("shape",))
-    with pytest.raises(TypeError) as raised:
+    with pytest.raises(TypeError) as raised_type:
         refmask.masked_softmax(S23, HF_MASK)
-    assert_refmask_error(raised.value, TypeError, ("mask",))
+    assert_refmask_error(raised_type.value, TypeError, ("mask",))
     with pytest.raises(AssertionError, match="expected ValueError"):
-        assert_refmask_error(raised.value, ValueError, ("mask",))
+        assert_refmask_error(raised_type.value, ValueError, ("mask",))

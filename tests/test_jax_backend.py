@@ -7,6 +7,8 @@ promises. Tests run in JAX's default configuration; those marked jax_x64 run wit
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -76,11 +78,12 @@ def test_device_places_masks():
 def test_position_masks_bit_identical_for_any_offset(t, s, align):
     offsets = [-10**12, -9, -3, -1, 0, 1, 2, 5, 11, 10**12]
     for offset in offsets:
-        for fn, kw in [
+        mask_fns: list[tuple[str, dict[str, Any]]] = [
             ("causal_mask", {}),
             ("sliding_window_mask", {"window": (2, 1)}),
             ("sliding_window_mask", {"window": 0}),
-        ]:
+        ]
+        for fn, kw in mask_fns:
             expected = getattr(oracle, fn)(t, s, align=align, offset=offset, **kw)
             actual = np.asarray(getattr(B, fn)(t, s, align=align, offset=offset, **kw))
             np.testing.assert_array_equal(actual, expected, err_msg=f"{fn} {kw} offset={offset}")
@@ -110,10 +113,10 @@ def test_eager_calls_in_a_loop_compile_once():
     rng = np.random.default_rng(0)
     shape = (3, 2, 7, 11)  # a shape no other test uses
     mask = jnp.asarray(_causal_padding(3, 7, 11, [11, 4, 0]))
-    for policy in ("zero", "uniform"):  # a new policy is a new static argument: one more trace
+    for expected, policy in ((1, "zero"), (0, "uniform"), (0, "nan")):  # the policy's fill is data: no retrace
         with count_traces("_masked_softmax_jit") as traces:
             refmask.masked_softmax(jnp.asarray(rng.standard_normal(shape), jnp.float32), mask, fully_masked=policy)
-        assert traces() == 1
+        assert traces() == expected
         with assert_max_traces(0):
             for _ in range(4):
                 x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
@@ -208,11 +211,12 @@ def test_vmap_matches_oracle(fully_masked):
     case = _case("padding-right")
     a = case.arrays("float32")
     m = np.broadcast_to(case.mask(), (4, 1, 6, 6))
+    q, k, v = (jnp.asarray(a[n]) for n in "qkv")
     out = jax.vmap(lambda q, k, v, mm: refmask.attention(q, k, v, mm, fully_masked=fully_masked))(
-        *(jnp.asarray(a[n]) for n in "qkv"), jnp.asarray(m)
+        q, k, v, jnp.asarray(m)
     )
-    expected = oracle.attention(a["q"], a["k"], a["v"], case.mask(), fully_masked=fully_masked)
-    assert_attention_close(out, expected, scale=float(np.abs(a["v"]).max()))
+    expected_out = oracle.attention(a["q"], a["k"], a["v"], case.mask(), fully_masked=fully_masked)
+    assert_attention_close(out, expected_out, scale=float(np.abs(a["v"]).max()))
 
 
 def test_masks_build_inside_jit_from_static_sizes():
@@ -247,8 +251,8 @@ def test_low_precision_stacked_min_fills(dtype):
     bias_padding = oracle.to_additive(padding, np_dtype)
 
     # Bias and mask together: the masked entries carry finfo.min in the bias and are masked again.
-    out = refmask.attention(*(jnp.asarray(a[n]) for n in "qkv"), jnp.asarray(padding), bias=jnp.asarray(bias_padding),
-                            is_causal=True)
+    q, k, v = (jnp.asarray(a[n]) for n in "qkv")
+    out = refmask.attention(q, k, v, jnp.asarray(padding), bias=jnp.asarray(bias_padding), is_causal=True)
     expected = oracle.attention(a["q"], a["k"], a["v"], padding, bias=bias_padding, is_causal=True)
     assert not np.isnan(np.asarray(out, np.float64)).any()
     assert_attention_close(out, expected, scale=float(np.abs(a["v"].astype(np.float64)).max()))
@@ -256,9 +260,9 @@ def test_low_precision_stacked_min_fills(dtype):
     # Two stacked finfo.min biases (summed in float32 by the backend): every row still has a kept key.
     stacked_f32 = jnp.asarray(bias_causal).astype(jnp.float32) + jnp.asarray(bias_padding).astype(jnp.float32)
     w = refmask.attention_weights(jnp.asarray(a["q"]), jnp.asarray(a["k"]), bias=stacked_f32)
-    w = np.asarray(w).astype(np.float64)
-    assert np.isfinite(w).all()
-    np.testing.assert_allclose(w.sum(-1), 1.0, atol=0.02)
+    w64 = np.asarray(w).astype(np.float64)
+    assert np.isfinite(w64).all()
+    np.testing.assert_allclose(w64.sum(-1), 1.0, atol=0.02)
 
     # Stacked in the input dtype, min + min overflows to -inf; from_additive still reads a mask.
     stacked = jnp.asarray(bias_causal) + jnp.asarray(bias_padding)
@@ -380,7 +384,7 @@ def test_linen_sow_and_dropout_like_flax():
     q, k, v = (jnp.asarray(rng.standard_normal((2, 5, 2, 4)), jnp.float32) for _ in range(3))
     mask = jnp.asarray(oracle.causal_mask(5))[None, None]
     key = jax.random.key(7)
-    kwargs = dict(mask=mask, dropout_rng=key, dropout_rate=0.3, deterministic=False)
+    kwargs: dict[str, Any] = dict(mask=mask, dropout_rng=key, dropout_rate=0.3, deterministic=False)
     np.testing.assert_allclose(
         np.asarray(rjax.dot_product_attention(q, k, v, **kwargs)),
         np.asarray(nn.dot_product_attention(q, k, v, **kwargs)),

@@ -249,7 +249,7 @@ def backend_context(backend: str, dtype: str):
         enable_x64 = getattr(jax.experimental, "enable_x64", None)
     if enable_x64 is None:
         # A jax without the context manager: float64 examples run only where x64 is on globally.
-        if not jax.config.jax_enable_x64:
+        if not jax.config.read("jax_enable_x64"):
             hypothesis.reject()
         yield
         return

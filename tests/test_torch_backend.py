@@ -73,6 +73,7 @@ def test_softmax_gradient_matches_oracle_vjp(case, dtype, fully_masked):
 def test_poisoned_masked_scores_get_zero_gradient(fully_masked, poison):
     case = CASES["fully-masked-batch-item"]
     scores, mask = case.arrays("float32")["scores"], case.mask()
+    assert mask is not None
     keep = np.broadcast_to(mask, scores.shape)
     x = t(np.where(keep, scores, np.float32(poison)), requires_grad=True)
     w = refmask.masked_softmax(x, t(mask), fully_masked=fully_masked)
@@ -176,7 +177,9 @@ def test_attention_under_torch_compile_matches_eager(fully_masked):
     torch.testing.assert_close(w, eager_w, rtol=1e-6, atol=1e-6)
     # gradients through the compiled function
     qq = q.clone().requires_grad_(True)
-    compiled(qq, k, v, mask, fully_masked=fully_masked).sum().backward()
+    compiled_out = compiled(qq, k, v, mask, fully_masked=fully_masked)
+    assert isinstance(compiled_out, torch.Tensor)  # return_weights=False: the output alone
+    compiled_out.sum().backward()
     assert torch.isfinite(qq.grad).all()
 
 
@@ -229,8 +232,8 @@ def test_vmap_masked_softmax_and_attention():
         torch.testing.assert_close(got, tb.masked_softmax(half.expand(3, -1, -1, -1), m, fully_masked=policy),
                                    equal_nan=True)
         q, k, v = t(a["q"]), t(a["k"]), t(a["v"])
-        got = torch.func.vmap(lambda q, k, v, mm: tb.attention(q, k, v, mm, fully_masked=policy))(q, k, v, m)
-        torch.testing.assert_close(got, tb.attention(q, k, v, m, fully_masked=policy), equal_nan=True)
+        got_out = torch.func.vmap(lambda q, k, v, mm: tb.attention(q, k, v, mm, fully_masked=policy))(q, k, v, m)
+        torch.testing.assert_close(got_out, tb.attention(q, k, v, m, fully_masked=policy), equal_nan=True)
 
 
 def test_func_grad_and_vmap_of_grad():
@@ -375,7 +378,7 @@ def test_bfloat16_numpy_round_trip_is_bit_exact():
 # refmask.torch.scaled_dot_product_attention
 
 
-def _rows_not_fully_masked(keep: np.ndarray, shape) -> np.ndarray:
+def _rows_not_fully_masked(keep: np.ndarray, shape) -> np.bool | np.ndarray:
     return np.broadcast_to(keep, shape).any(-1)
 
 
@@ -405,6 +408,7 @@ def test_sdpa_dropin_matches_sdpa_and_oracle(case_id, dtype, form, is_causal):
     else:
         attn_mask = oracle.to_additive(keep, dtype, fill="min" if form == "additive-min" else "-inf")
     full_keep = oracle.and_masks(keep, oracle.causal_mask(*shape[-2:])) if is_causal else keep
+    assert full_keep is not None
     q, k, v = (t(a[n]) for n in "qkv")
     scale = 0.7
     for policy in ("zero", "uniform", "nan"):

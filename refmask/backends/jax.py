@@ -4,8 +4,9 @@ An independent implementation (it never calls refmask.oracle): the oracle's docs
 definitions, refmask/_validate.py makes its argument errors identical to every other backend's.
 
 - Inputs may be jax arrays (traced or not), NumPy arrays, lists or numbers; results are jax arrays.
-- Static (Python) values: mask sizes, align, side, window, chunk_size, offset, pad_id, fully_masked,
-  axis, is_causal, return_weights. Shapes and dtypes are always checked.
+- Static (Python) values: mask sizes, align, side, window, chunk_size, offset, pad_id,
+  axis, is_causal, return_weights. The fully_masked policy's fill and the scale are passed as data,
+  so the three policies share one compiled program. Shapes and dtypes are always checked.
 - Value-dependent checks (lengths in range, from_hf values 0/1, NaN in a bias, non-mask values in a
   torch float mask) run only on concrete values; under jax.jit/vmap/grad tracing they are skipped,
   because the values do not exist yet.
@@ -286,14 +287,15 @@ def _exp_shifted(x: jax.Array, m: jax.Array, compensate: bool) -> jax.Array:
     return jnp.where(d > -104.0, e + e * err, e)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4))
 def _softmax_core(
-    x: jax.Array, keep: jax.Array | None, axis: int, fully_masked: str, compensate: bool
+    x: jax.Array, keep: jax.Array | None, fill: jax.Array, axis: int, compensate: bool
 ) -> jax.Array:
     """The hot path, in x's (compute) dtype: where, max, exp, sum, divide, and a row-level where.
 
     Masked scores become -inf before anything reads them, so they can hold NaN or +inf. A row with
-    nothing kept has max -inf and computes NaN; the last where replaces it by the policy's value.
+    nothing kept has max -inf and computes NaN; the last where replaces it by `fill`, the policy's
+    value, which is data (a 0-d array), so the three policies share one compiled program.
     A kept NaN/+inf, or kept scores all -inf, give NaN by IEEE arithmetic, as the oracle says.
     """
     n = x.shape[axis]
@@ -303,38 +305,43 @@ def _softmax_core(
     w = e / jnp.sum(e, axis=axis, keepdims=True)
     if keep is None:
         return w
-    fill = arrays.fully_masked_value(fully_masked, n)
-    return jnp.where(_any_kept(keep, axis), w, jnp.asarray(fill, w.dtype))
+    return jnp.where(_any_kept(keep, axis), w, fill.astype(w.dtype))
 
 
 @_softmax_core.defjvp
 def _softmax_core_jvp(
     axis: int,
-    fully_masked: str,
     compensate: bool,
-    primals: tuple[jax.Array, jax.Array | None],
-    tangents: tuple[jax.Array, Any],
+    primals: tuple[jax.Array, jax.Array | None, jax.Array],
+    tangents: tuple[jax.Array, Any, Any],
 ) -> tuple[jax.Array, jax.Array]:
-    x, keep = primals
-    x_dot, _ = tangents
-    w = _softmax_core(x, keep, axis, fully_masked, compensate)
+    x, keep, fill = primals
+    x_dot = tangents[0]
+    w = _softmax_core(x, keep, fill, axis, compensate)
     # Weights that depend on x: zero at masked entries and on fully-masked rows (whose value is a
-    # constant of the policy), so those get exactly 0 gradient, finite under every policy.
-    wk = w if keep is None or fully_masked == "zero" else jnp.where(keep, w, jnp.zeros((), w.dtype))
+    # constant of the policy: the fill is not differentiated), so those get exactly 0 gradient,
+    # finite under every policy.
+    wk = w if keep is None else jnp.where(keep, w, jnp.zeros((), w.dtype))
     return w, wk * (x_dot - jnp.sum(wk * x_dot, axis=axis, keepdims=True))
 
 
-def _masked_softmax_impl(scores: jax.Array, mask: jax.Array | None, *, axis: int, fully_masked: str) -> jax.Array:
+def _masked_softmax_impl(scores: jax.Array, mask: jax.Array | None, fill: jax.Array, *, axis: int) -> jax.Array:
     x = scores.astype(_compute_dtype(scores.dtype))
-    return _softmax_core(x, mask, axis, fully_masked, _compensate(scores.dtype)).astype(scores.dtype)
+    return _softmax_core(x, mask, fill, axis, _compensate(scores.dtype)).astype(scores.dtype)
 
 
-_masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "fully_masked"))
+_masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis",))
+
+
+def _fill(policy: str, n: int, dtype: Any) -> jax.Array:
+    """The weight of a fully-masked row's entries under `policy` (rows of length n), as data for jit."""
+    return jnp.asarray(arrays.fully_masked_value(policy, n), dtype=_compute_dtype(dtype))
 
 
 def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> jax.Array:
     c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked)
-    return _masked_softmax_jit(c.scores, c.mask, axis=c.axis, fully_masked=c.fully_masked)
+    fill = _fill(c.fully_masked, c.scores.shape[c.axis], c.scores.dtype)
+    return _masked_softmax_jit(c.scores, c.mask, fill, axis=c.axis)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -352,7 +359,7 @@ def _weights(
     bias: jax.Array | None,
     mask: jax.Array | None,
     scale: jax.Array,
-    fully_masked: str,
+    fill: jax.Array,
     is_causal: bool,
 ) -> tuple[jax.Array, int | None]:
     """Compute-dtype weights (..., H, T, S), and the (H_kv, G) grouping used (None without heads)."""
@@ -372,7 +379,7 @@ def _weights(
         t, n = s.shape[-2], s.shape[-1]
         causal = causal_mask(t, n)
         mask = causal if mask is None else mask & causal
-    return _softmax_core(s, mask, -1, fully_masked, _compensate(q.dtype)), groups
+    return _softmax_core(s, mask, fill, -1, _compensate(q.dtype)), groups
 
 
 def _attention_impl(
@@ -382,12 +389,12 @@ def _attention_impl(
     mask: jax.Array | None,
     bias: jax.Array | None,
     scale: jax.Array,
+    fill: jax.Array,
     *,
-    fully_masked: str,
     is_causal: bool,
     return_weights: bool,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    w, groups = _weights(q, k, bias, mask, scale, fully_masked, is_causal)
+    w, groups = _weights(q, k, bias, mask, scale, fill, is_causal)
     vc = v.astype(w.dtype)
     hp = lax.Precision.HIGHEST
     if groups is not None:
@@ -400,14 +407,15 @@ def _attention_impl(
 
 
 def _attention_weights_impl(
-    q: jax.Array, k: jax.Array, mask: jax.Array | None, bias: jax.Array | None, scale: jax.Array, *, fully_masked: str
+    q: jax.Array, k: jax.Array, mask: jax.Array | None, bias: jax.Array | None, scale: jax.Array, fill: jax.Array
 ) -> jax.Array:
-    w, _ = _weights(q, k, bias, mask, scale, fully_masked, False)
+    w, _ = _weights(q, k, bias, mask, scale, fill, False)
     return w.astype(q.dtype)
 
 
-_attention_jit = jax.jit(_attention_impl, static_argnames=("fully_masked", "is_causal", "return_weights"))
-_attention_weights_jit = jax.jit(_attention_weights_impl, static_argnames=("fully_masked",))
+# The policies' fills and the scale are data, not static arguments: one program serves all three.
+_attention_jit = jax.jit(_attention_impl, static_argnames=("is_causal", "return_weights"))
+_attention_weights_jit = jax.jit(_attention_weights_impl)
 
 
 def _scale(scale: float, dtype: Any) -> jax.Array:
@@ -419,7 +427,8 @@ def attention_weights(
     q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
 ) -> jax.Array:
     c = arrays.attention_call(OPS, {"q": q, "k": k}, mask, bias, scale, fully_masked)
-    return _attention_weights_jit(c.q, c.k, c.mask, c.bias, _scale(c.scale, c.q.dtype), fully_masked=c.fully_masked)
+    fill = _fill(c.fully_masked, c.shape[-1], c.q.dtype)
+    return _attention_weights_jit(c.q, c.k, c.mask, c.bias, _scale(c.scale, c.q.dtype), fill)
 
 
 def attention(
@@ -442,7 +451,7 @@ def attention(
         c.mask,
         c.bias,
         _scale(c.scale, c.q.dtype),
-        fully_masked=c.fully_masked,
+        _fill(c.fully_masked, c.shape[-1], c.q.dtype),
         is_causal=c.is_causal,
         return_weights=c.return_weights,
     )
