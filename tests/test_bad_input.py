@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 
 import refmask
+from harness.environments import jax_x64
 from refmask import _backends, oracle
 
 BACKENDS = ("numpy", "jax", "torch")
@@ -751,16 +752,7 @@ def _x64_if_jax(backend: str):
     if backend != "jax":
         yield
         return
-    import jax
-
-    enable_x64 = getattr(jax, "enable_x64", None)  # a config State: it must not be tested for truth
-    if enable_x64 is None:
-        enable_x64 = getattr(jax.experimental, "enable_x64", None)
-    if enable_x64 is None:
-        # A jax without the context manager: the case runs under the global setting.
-        yield
-        return
-    with enable_x64(True):
+    with jax_x64():
         yield
 
 

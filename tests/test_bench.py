@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from comparisons.bench.cases import CASES
 from comparisons.bench.timing import interleaved
+from harness.environments import numpy_only_python
 from refmask import cli
 from refmask._backends import BACKENDS
 
@@ -76,24 +74,6 @@ def test_cases_and_markdown_options():
 def test_bad_case_number_is_a_usage_error(capsys):
     assert run_bench("--smoke", "--cases", "9")[0] == 2
     assert "--cases" in capsys.readouterr().err
-
-
-def numpy_only_python(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """A Python command line, and its environment, that sees NumPy and this checkout's refmask and
-    comparisons but no other installed package: a numpy-only install."""
-    site = tmp_path / "numpy-only"
-    site.mkdir()
-    installed = Path(np.__file__).resolve().parents[1]
-    try:
-        for name in ("numpy", "numpy.libs"):
-            if (installed / name).exists():
-                (site / name).symlink_to(installed / name)
-        for package in ("refmask", "comparisons"):
-            (site / package).symlink_to(ROOT / package)
-    except OSError as err:  # no symlinks here (Windows without the privilege)
-        pytest.skip(f"cannot symlink a numpy-only environment: {err}")
-    # -S: no site-packages, so only what is linked above can be imported.
-    return [sys.executable, "-S", "-m", "refmask"], {**os.environ, "PYTHONPATH": str(site)}
 
 
 def test_on_a_numpy_only_install_missing_backends_are_skipped_with_their_extra(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from comparisons.cases import Case, all_cases
 from comparisons.matrix.evaluate import evaluate
 from comparisons.matrix.frameworks import FRAMEWORKS, Framework, load_paths, missing_reason
 from comparisons.matrix.render import render_markdown
+from harness.environments import numpy_only_python
 from refmask import oracle
 from refmask._backends import missing_dependency
 from refmask.cli import main
@@ -264,24 +264,6 @@ def test_compare_with_no_framework_says_what_to_install(monkeypatch, capsys):
     [line] = captured.err.splitlines()
     assert line.startswith("refmask compare: no framework to compare")
     assert 'pip install "refmask[torch,jax,flax]"' in line and 'pip install -e ".[torch,jax,flax]"' in line
-
-
-def numpy_only_python(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
-    """A Python command line, and its environment, that sees NumPy and this checkout's refmask and
-    comparisons but no other installed package: a numpy-only install."""
-    site = tmp_path / "numpy-only"
-    site.mkdir()
-    installed = Path(np.__file__).resolve().parents[1]
-    try:
-        for name in ("numpy", "numpy.libs"):
-            if (installed / name).exists():
-                (site / name).symlink_to(installed / name)
-        for package in ("refmask", "comparisons"):
-            (site / package).symlink_to(ROOT / package)
-    except OSError as err:  # no symlinks here (Windows without the privilege)
-        pytest.skip(f"cannot symlink a numpy-only environment: {err}")
-    # -S: no site-packages, so only what is linked above can be imported.
-    return [sys.executable, "-S", "-m", "refmask"], {**os.environ, "PYTHONPATH": str(site)}
 
 
 def test_compare_on_a_numpy_only_install_is_one_line(tmp_path):

@@ -42,6 +42,7 @@ from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import refmask  # noqa: E402
+from harness.environments import jax_x64  # noqa: E402
 from refmask import _backends, oracle  # noqa: E402
 from refmask.testing import assert_attention_close, assert_weights_close  # noqa: E402
 from refmask.testing.cases import DTYPES, POLICIES, numpy_dtype  # noqa: E402
@@ -242,18 +243,7 @@ def backend_context(backend: str, dtype: str):
     if backend != "jax" or dtype != "float64":
         yield
         return
-    import jax
-
-    enable_x64 = getattr(jax, "enable_x64", None)  # a config State: it must not be tested for truth
-    if enable_x64 is None:
-        enable_x64 = getattr(jax.experimental, "enable_x64", None)
-    if enable_x64 is None:
-        # A jax without the context manager: float64 examples run only where x64 is on globally.
-        if not jax.config.read("jax_enable_x64"):
-            hypothesis.reject()
-        yield
-        return
-    with enable_x64(True):
+    with jax_x64():
         yield
 
 
