@@ -215,6 +215,9 @@ def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
     `softmax(masked_fill(-inf))` included, is within a flat 4 ULP of the correctly rounded weights
     once scores spread over more than a few units. For float16/bfloat16 computed in float32 the
     term is negligible and the bound is SOFTMAX_MAX_ULP alone.
+    The row sum adds log2(n) * eps(compute) / eps(dtype) ULP more for n kept entries: a sum of n terms
+    in the compute precision (pairwise, as NumPy, torch and XLA add) is off by up to about log2(n)
+    roundings, and every weight is divided by it (a plain float32 softmax over 62 keys shows 5 ULP).
     |x - m| is capped at SOFTMAX_SPREAD_CAP: beyond it exp(x - m) is 0 in every floating dtype, so
     the correctly rounded weight is 0 and a spread of up to 2 * finfo.max (which overflows) must not
     make the bound infinite.
@@ -229,4 +232,5 @@ def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
         m = np.max(kept, axis=-1, keepdims=True, initial=-np.inf)
         spread = np.where(keep & np.isfinite(x) & np.isfinite(m), np.minimum(np.abs(x - m), SOFTMAX_SPREAD_CAP), 0.0)
     growth = eps(COMPUTE_DTYPE[name]) / eps(name)
-    return tolerance(SOFTMAX_MAX_ULP, name) + growth * spread
+    row_sum = np.log2(np.maximum(keep.sum(axis=-1, keepdims=True), 1))
+    return tolerance(SOFTMAX_MAX_ULP, name) + growth * (spread + row_sum)
