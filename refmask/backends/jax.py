@@ -50,10 +50,6 @@ def from_numpy(x: Any) -> jax.Array:
     return jnp.asarray(x)
 
 
-def _asarray(x: Any) -> jax.Array:
-    return OPS.asarray(x)
-
-
 def _is_concrete(x: Any) -> bool:
     """True when x's values are known now (not a tracer inside jit/vmap/grad)."""
     return OPS.concrete(x)

@@ -59,10 +59,6 @@ def _call_device(named: dict[str, Any], device: Any = None) -> torch.device | No
     return found if device is None else device
 
 
-def _floating(name: str, x: Any, device: Any = None) -> torch.Tensor:
-    return arrays.floating(OPS, name, x, device)
-
-
 def _bool_mask(name: str, mask: Any, device: Any = None) -> torch.Tensor:
     return arrays.bool_mask(OPS, name, mask, device)
 
