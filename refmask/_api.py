@@ -12,6 +12,7 @@ so for them the generated function calls the shared converter with the chosen ba
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -110,34 +111,53 @@ def _stub_def(fn: Callable[..., Any], annotate: Callable[[inspect.Parameter], tu
     return f"@overload\ndef {fn.__name__}({', '.join(params)}) -> {returns}: ..."
 
 
-# A flag that decides the result's form: (parameter, result when True, result otherwise); {A} is the array type.
-_RESULT_FLAGS = {"attention": ("return_weights", "tuple[{A}, {A}]", "{A}")}
+# Flags that decide the result's form: each True one adds an array to the result, (out, extra, ...); with none
+# True the result is the array alone.
+_RESULT_FLAGS = {"attention": ("return_weights", "return_lse")}
 
 
-def _stub_overload(fn: Callable[..., Any], backend: str, flag: bool | None = None) -> str:
+def _stub_overload(fn: Callable[..., Any], backend: str, flags: tuple[bool, ...] = ()) -> str:
     """fn's overload for `backend`: its first array argument (or, without one, `backend=`) selects it;
-    for a function of _RESULT_FLAGS, `flag` picks the overload of that flag's value."""
+    for a function of _RESULT_FLAGS, `flags` (one value per flag) pick the overload of those values."""
     array_type = _ARRAY_TYPES[backend]
     first = next(iter(array_parameters(fn)), None)
-    flag_name = _RESULT_FLAGS[fn.__name__][0] if flag is not None else None
+    given = dict(zip(_RESULT_FLAGS.get(fn.__name__, ()), flags, strict=False))
 
     def annotate(p: inspect.Parameter) -> tuple[str, str]:
         default = "" if p.default is inspect.Parameter.empty else " = ..."
-        if p.name == flag_name:
-            return (f"Literal[{flag}]", "" if flag else default)
+        if p.name in given:
+            return (f"Literal[{given[p.name]}]", "" if given[p.name] else default)
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             return (array_type if backend != "numpy" else "ArrayLike"), ""
         if p.name == "backend":
             if first is None and backend != "numpy":
                 return f'Literal["{backend}"]', ""  # no array to tell: backend= is required
             return f'Literal["{backend}"] | None', default
+        if backend == "numpy" and _optional_array(fn, p):
+            # numpy comes first for such functions (stub_source): it must not claim other frameworks' arrays
+            return f"{array_type} | {'None' if p.default is None else type(p.default).__name__}", default
         return (array_type if p.name == first else str(p.annotation)), default
 
-    if flag is not None:
-        returns = _RESULT_FLAGS[fn.__name__][1 if flag else 2].format(A=array_type)
+    if given:
+        parts = 1 + sum(flags)
+        returns = array_type if parts == 1 else f"tuple[{', '.join([array_type] * parts)}]"
     else:
         returns = str(inspect.signature(fn).return_annotation).replace("np.ndarray", array_type)
     return _stub_def(fn, annotate, returns.replace("Mask", array_type))
+
+
+def _optional_array(fn: Callable[..., Any], p: inspect.Parameter) -> bool:
+    return p.name in array_parameters(fn) and p.default is not inspect.Parameter.empty and _optional_arrays_only(fn)
+
+
+def _optional_arrays_only(fn: Callable[..., Any]) -> bool:
+    """Whether every array parameter of fn has a default (and fn has some, not *masks)."""
+    params = inspect.signature(fn).parameters
+    names = array_parameters(fn)
+    return bool(names) and all(
+        params[n].default is not inspect.Parameter.empty and params[n].kind is not inspect.Parameter.VAR_POSITIONAL
+        for n in names
+    )
 
 
 def _stub_fallback(fn: Callable[..., Any]) -> str:
@@ -158,7 +178,7 @@ def stub_source() -> str:
         "from collections.abc import Callable\n"
         "from typing import Any, Literal, overload\n\n"
         "import jax\nimport numpy as np\nimport torch\n\n"
-        "from ._arrays import ArrayLike\n\n"
+        "from ._arrays import ArrayLike, AttentionGrads\n\n"
         "PUBLIC: tuple[str, ...]\n\n"
         "def array_parameters(fn: Callable[..., Any]) -> tuple[str, ...]: ...\n"
         "def public_signature(fn: Callable[..., Any]) -> inspect.Signature: ...\n"
@@ -167,7 +187,9 @@ def stub_source() -> str:
     blocks = []
     for name in PUBLIC:
         fn = getattr(oracle, name)
-        flags: tuple[bool | None, ...] = (True, False) if name in _RESULT_FLAGS else (None,)
-        overloads = [_stub_overload(fn, b, f) for b in ("torch", "jax", "numpy") for f in flags]
+        combos = list(itertools.product((True, False), repeat=len(_RESULT_FLAGS.get(name, ()))))
+        # Without a required array argument, a call with none (causal_mask(4)) is NumPy's: its overload first.
+        order = ("numpy", "torch", "jax") if _optional_arrays_only(fn) else ("torch", "jax", "numpy")
+        overloads = [_stub_overload(fn, b, f) for b in order for f in combos]
         blocks.append("\n".join([*overloads, _stub_fallback(fn)]))
     return head + "\n\n" + "\n\n".join(blocks) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, NamedTuple, Protocol, TypeAlias
+from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -228,16 +228,20 @@ class SoftmaxCall(NamedTuple):
     mask: Any
     axis: int  # negative: it names the same axis of a mask with fewer dimensions
     fully_masked: str
+    sinks: Any = None  # as given (checked_sinks); sink_column puts them beside the scores
 
 
-def softmax_call(ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object) -> SoftmaxCall:
+def softmax_call(
+    ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object, sinks: Any = None
+) -> SoftmaxCall:
     """masked_softmax's arguments: floating scores of at least one axis, a bool mask that broadcasts to
-    them (on their device), the axis and the policy."""
-    device = ops.device_of({"scores": scores, "mask": mask})
+    them (on their device), the axis, the policy and the sinks (check.sinks_shape)."""
+    device = ops.device_of({"scores": scores, "mask": mask, "sinks": sinks})
     scores = floating(ops, "scores", scores, device)
     policy = check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     keep = checked_mask(ops, mask, ops.shape(scores), device)
-    return SoftmaxCall(scores, keep, check.axis(axis, len(ops.shape(scores))), policy)
+    a = check.axis(axis, len(ops.shape(scores)))
+    return SoftmaxCall(scores, keep, a, policy, checked_sinks(ops, sinks, ops.shape(scores), device, axis=a))
 
 
 class AttentionCall(NamedTuple):
@@ -251,6 +255,9 @@ class AttentionCall(NamedTuple):
     fully_masked: str
     is_causal: bool
     return_weights: bool
+    softcap: float | None = None
+    sinks: Any = None  # as given (checked_sinks); sink_column puts them beside the scores
+    return_lse: bool = False
 
 
 def attention_call(
@@ -262,13 +269,18 @@ def attention_call(
     fully_masked: object,
     is_causal: object = False,
     return_weights: object = False,
+    *,
+    softcap: object = None,
+    sinks: Any = None,
+    return_lse: object = False,
 ) -> AttentionCall:
     """attention's (or, without "v" in `named`, attention_weights') arguments, checked once: q, k (v) of one
     floating dtype on one device, their shapes, a bias and a bool mask that broadcast to the scores, the
-    scale, the policy and the two flags."""
-    parsed = attention_inputs(ops, named, {"mask": mask, "bias": bias})
+    scale, the softcap, the sinks, the policy and the flags."""
+    parsed = attention_inputs(ops, named, {"mask": mask, "bias": bias, "sinks": sinks})
     policy = check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     causal, weights = check.flag("is_causal", is_causal), check.flag("return_weights", return_weights)
+    lse = check.flag("return_lse", return_lse)
     shape = check.attention_shapes(*(ops.shape(a) for a in parsed))
     device = ops.device_of({"q": parsed[0]})
     q, k, v = parsed[0], parsed[1], parsed[2] if len(parsed) > 2 else None
@@ -283,4 +295,275 @@ def attention_call(
         policy,
         causal,
         weights,
+        softcap_value(softcap),
+        checked_sinks(ops, sinks, shape, device),
+        lse,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# attention_vjp: attention's arguments and the output's cotangent d_out
+
+_A = TypeVar("_A")
+
+
+class AttentionGrads(NamedTuple, Generic[_A]):
+    """attention_vjp's result: the gradient for each input, in that input's dtype and shape.
+
+    dbias is None without a bias and dsinks None without sinks.
+    """
+
+    dq: _A
+    dk: _A
+    dv: _A
+    dbias: _A | None
+    dsinks: _A | None
+
+
+class AttentionVjpCall(NamedTuple):
+    attention: AttentionCall
+    d_out: Any
+
+
+def attention_vjp_call(
+    ops: ArrayOps,
+    named: dict[str, Any],
+    mask: Any,
+    d_out: Any,
+    bias: Any,
+    scale: object,
+    fully_masked: object,
+    softcap: object = None,
+    sinks: Any = None,
+) -> AttentionVjpCall:
+    """attention_vjp's arguments: attention's (attention_call), and d_out, the cotangent of the output: a
+    floating array of exactly the output's shape (..., H, T, Dv) and dtype (q's), on q's device."""
+    call = attention_call(ops, named, mask, bias, scale, fully_masked, softcap=softcap, sinks=sinks)
+    device = ops.device_of({"q": call.q, "d_out": d_out})
+    d_out = floating(ops, "d_out", d_out, device)
+    out_dtype, got_dtype = ops.dtype_name(call.q), ops.dtype_name(d_out)
+    if got_dtype != out_dtype:
+        raise TypeError(f"d_out must have the output's dtype {out_dtype} (q's); got dtype {got_dtype}")
+    out_shape = (*call.shape[:-1], ops.shape(call.v)[-1])
+    if ops.shape(d_out) != out_shape:
+        raise ValueError(
+            f"d_out must have the output's shape {out_shape} (..., H, T, Dv); got shape {ops.shape(d_out)}"
+        )
+    return AttentionVjpCall(call, d_out)
+
+
+def softcap_value(value: object) -> float | None:
+    """attention's softcap: None (no cap) or a finite real number > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"softcap must be a real number > 0 or None; got {type(value).__name__} {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise ValueError(f"softcap must be a finite number > 0 (or None: no cap); got {value!r}")
+    return float(value)
+
+
+def checked_sinks(ops: ArrayOps, sinks: Any, shape: tuple[int, ...], device: Any = None, *, axis: int = -1) -> Any:
+    """Sink logits beside scores of `shape` normalised along `axis`: floating, (H,) (one per query head) or
+    broadcastable to the rows (..., H, T) (check.sinks_shape); returned as given."""
+    if sinks is None:
+        return None
+    sinks = floating(ops, "sinks", sinks, device)
+    check.sinks_shape(ops.shape(sinks), shape, axis)
+    return sinks
+
+
+def sink_column(ops: ArrayOps, sinks: Any, shape: tuple[int, ...], axis: int = -1) -> Any:
+    """Checked sinks reshaped to broadcast against scores of `shape` with the softmax axis of size 1
+    ((H,) -> (H, 1, 1) beside (..., H, T, S) scores); None stays None."""
+    return None if sinks is None else sinks.reshape(check.sinks_shape(ops.shape(sinks), shape, axis))
+
+
+# ----------------------------------------------------------------------------------------------
+# positions of the position masks: per-example offsets or explicit position arrays
+
+
+class PositionArgs(NamedTuple):
+    q_len: int
+    kv_len: int
+    shift: int  # added to arange query positions (align's shift); 0 with q_positions
+    offset: Any  # (B,) per-example offsets, or None
+    q_positions: Any  # (T,) or (B, T), or None: arange(T) + shift (+ offset[b])
+    kv_positions: Any  # (S,) or (B, S), or None: arange(S)
+
+
+def position_args(
+    ops: ArrayOps,
+    q_len: object,
+    kv_len: object,
+    align: object,
+    offset: object,
+    q_positions: Any,
+    kv_positions: Any,
+    device: Any = None,
+) -> PositionArgs | None:
+    """The arguments of causal/sliding_window/chunked/prefix_lm masks when they hold arrays, checked once;
+    None for the all-int form (every backend's exact small-int path).
+
+    Values are checked (range) where they can be read, on the host before a framework could narrow them.
+    """
+    an_array = hasattr(offset, "shape") or isinstance(offset, list | tuple)
+    if q_positions is None and kv_positions is None and (isinstance(offset, numbers.Integral) or not an_array):
+        return None
+    found = ops.device_of({"offset": offset, "q_positions": q_positions, "kv_positions": kv_positions})
+    device = found if device is None else device
+    if q_positions is None and kv_positions is None:
+        host = _position_array("offset", offset)
+        check.per_example_offset(_shape(host), q_len)
+        t, s = check.q_kv_lengths(q_len, kv_len)
+        shift = check.align_shift(align, t, s)  # type: ignore[arg-type]
+        lo, hi = _extremes(ops, host)
+        if lo is not None and hi is not None:
+            check.offsets_in_range(lo, hi, shift, t)
+        return PositionArgs(t, s, shift, ops.asarray(host, device), None, None)
+    q = None if q_positions is None else _position_array("q_positions", q_positions)
+    kv = None if kv_positions is None else _position_array("kv_positions", kv_positions)
+    t, s = check.position_lengths(
+        q_len, kv_len, None if q is None else _shape(q), None if kv is None else _shape(kv), align, offset
+    )
+    for name, p in (("q_positions", q), ("kv_positions", kv)):
+        lo, hi = _extremes(ops, p)
+        if lo is not None and hi is not None:
+            check.positions_in_range(name, lo, hi)
+    return PositionArgs(
+        t,
+        s,
+        0,
+        None,
+        None if q is None else ops.asarray(q, device),
+        None if kv is None else ops.asarray(kv, device),
+    )
+
+
+def _position_array(name: str, x: Any) -> Any:
+    """An integer array, read on the host first when it is host data (lists, NumPy)."""
+    if array_backend(x) == "numpy":
+        return integers(NUMPY, name, x)
+    backend_ops = _ops_of(x)
+    return integers(backend_ops, name, x)
+
+
+def _ops_of(x: Any) -> ArrayOps:
+    from ._backends import get_backend
+
+    ops: ArrayOps = get_backend(array_backend(x)).OPS
+    return ops
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape)
+
+
+def _extremes(ops: ArrayOps, x: Any) -> tuple[int | None, int | None]:
+    """(min, max) of an integer array whose values can be read now, else (None, None)."""
+    if x is None or math.prod(_shape(x)) == 0:
+        return None, None
+    owner = NUMPY if isinstance(x, np.ndarray) else _ops_of(x)
+    if not owner.concrete(x):
+        return None, None
+    host = owner.to_numpy(x)
+    return int(host.min()), int(host.max())
+
+
+# ----------------------------------------------------------------------------------------------
+# varlen batches: integer and bool arrays whose values are checked where they can be read
+
+
+def _readable(ops: ArrayOps, x: Any) -> np.ndarray[Any, Any] | None:
+    """x's values on the host, or None while they cannot be read (tracing, the meta device)."""
+    return ops.to_numpy(x) if ops.concrete(x) else None
+
+
+def sequence_lengths(ops: ArrayOps, name: str, x: Any) -> Any:
+    """(B,) integer lengths, each >= 0, their total within int32 (checked where readable)."""
+    x = integers(ops, name, x)
+    check.ndim(name, ops.shape(x), 1, "(B,)")
+    v = _readable(ops, x) if ops.shape(x)[0] else None
+    if v is not None:
+        lo, hi = int(v.min()), int(v.max())
+        # Below int32's maximum each, B lengths sum exactly in int64.
+        total = int(v.sum(dtype=np.int64)) if lo >= 0 and hi <= check.INT32_MAX else sum(int(n) for n in v)
+        check.sequence_lengths(name, lo, total)
+    return x
+
+
+def cu_seqlens(ops: ArrayOps, name: str, x: Any, device: Any = None) -> tuple[Any, int | None]:
+    """A (B + 1,) integer cu_seqlens array, and its last value (the tokens it packs; None if unreadable).
+
+    Where readable its values are checked: a leading 0, never decreasing.
+    """
+    x = integers(ops, name, x, device)
+    check.cu_seqlens_shape(name, ops.shape(x))
+    v = _readable(ops, x)
+    if v is None:
+        return x, None
+    drops = np.flatnonzero(v[1:] < v[:-1])  # compared in the array's dtype: no wrap-around of a difference
+    drop = None if drops.size == 0 else (int(drops[0]) + 1, int(v[drops[0]]), int(v[drops[0] + 1]))
+    check.cu_seqlens_values(name, int(v[0]), drop)
+    return x, int(v[-1])
+
+
+def packed_total(name: str, last: int | None, total_name: str, total: object) -> int:
+    """The packed length a result spans: `total` if given, else cu_seqlens[-1], which must then be readable."""
+    n = check.packed_total(name, total_name, total, last)
+    if n is None:
+        raise check.traced(name, f"pass {total_name}= (a Python int: the packed length)")
+    return n
+
+
+def packed_segment_ids(ops: ArrayOps, name: str, x: Any, num_segments: object) -> tuple[Any, int]:
+    """1-D packed segment ids (real tokens' ids non-decreasing, -1 padding after them) and the number of
+    sequences B (num_segments, or the largest id + 1, which must then be readable)."""
+    x = integers(ops, name, x)
+    check.ndim(name, ops.shape(x), 1, "(total,)")
+    v = _readable(ops, x)
+    needed = None
+    if v is not None:
+        padding = v < 0
+        first_pad = int(np.argmax(padding)) if padding.any() else v.size
+        real = v[:first_pad]
+        after = np.flatnonzero(~padding[first_pad:])
+        drops = np.flatnonzero(real[1:] < real[:-1])
+        check.segment_id_values(
+            name,
+            int(v.min()) if v.size else 0,
+            int(after[0]) + first_pad if after.size else None,
+            None if drops.size == 0 else (int(drops[0]) + 1, int(real[drops[0]]), int(real[drops[0] + 1])),
+        )
+        needed = int(real.max()) + 1 if real.size else 0
+    n = check.num_segments(num_segments, needed)
+    if n is None:
+        raise check.traced(name, "pass num_segments= (a Python int: the number of sequences B)")
+    return x, n
+
+
+def unpad_args(ops: ArrayOps, x: Any, valid: Any) -> tuple[Any, Any]:
+    """unpad's x (B, L, ...) and bool valid (B, L) on one device; valid's values must be readable (they set
+    the packed length)."""
+    device = ops.device_of({"x": x, "valid": valid})
+    x = array(ops, "x", x, device)
+    valid = bool_mask(ops, "valid", valid, device)
+    check.unpad_shapes(ops.shape(x), ops.shape(valid))
+    if not ops.concrete(valid):
+        raise check.traced("valid", "call unpad outside the traced function and pass its results in")
+    return x, valid
+
+
+def pad_args(ops: ArrayOps, packed: Any, indices: Any, batch: object, max_len: object) -> tuple[Any, Any, int, int]:
+    """pad's packed (total, ...) and integer indices (total,) on one device, and the layout's batch and
+    max_len (Python ints: they set the result's shape); indices in range and distinct where readable."""
+    device = ops.device_of({"packed": packed, "indices": indices})
+    packed = array(ops, "packed", packed, device)
+    indices = integers(ops, "indices", indices, device)
+    b = check.integer("batch", batch, minimum=0)
+    n = check.integer("max_len", max_len, minimum=0)
+    check.pad_shapes(ops.shape(packed), ops.shape(indices))
+    v = _readable(ops, indices) if ops.shape(indices)[0] else None
+    if v is not None:
+        check.pad_indices(int(v.min()), int(v.max()), np.unique(v).size == v.size, b, n)
+    return packed, indices, b, n

@@ -47,13 +47,21 @@ def fill_value(fill: object, dtype: str) -> float:
     return rounded
 
 
+# threshold="auto": every fill a framework writes (-inf, finfo.min of float16, bfloat16, float32 or float64, the
+# tutorials' -1e9 or -1e30) lies at or below float16's most negative value, and stays there when an array is
+# upcast (a Hugging Face float16 mask read as float32 keeps -65504), while no fill lies between it and 0.
+AUTO_FILL_LIMIT = -65504.0
+THRESHOLDS = ("auto", "min")
+
+
 def threshold_value(threshold: object, dtype: str) -> float:
-    """from_additive's limit in `dtype`: finfo.min for "min", else a negative number rounded to dtype."""
+    """from_additive's limit in `dtype`: -65504 for "auto", finfo.min for "min", else a negative number
+    rounded to dtype."""
     if isinstance(threshold, str):
-        check.choice("threshold", threshold, ("min",))
-        return _dtypes.lowest(dtype)
+        check.choice("threshold", threshold, THRESHOLDS)
+        return AUTO_FILL_LIMIT if threshold == "auto" else _dtypes.lowest(dtype)
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
-        raise TypeError(f'threshold must be "min" or a negative number (a masking value); got {threshold!r}')
+        raise TypeError(f'threshold must be "auto", "min" or a negative number (a masking value); got {threshold!r}')
     if not threshold < 0:  # NaN fails this too
         raise ValueError(
             f"threshold must be a negative number (values <= threshold mask); got {threshold!r}: "
@@ -68,7 +76,7 @@ def to_additive(ops: ArrayOps, mask: Any, dtype: Any = "float32", *, fill: Any =
     return ops.where(mask, 0.0, fill_value(fill, name), name)
 
 
-def from_additive(ops: ArrayOps, bias: Any, *, threshold: Any = "min") -> Any:
+def from_additive(ops: ArrayOps, bias: Any, *, threshold: Any = "auto") -> Any:
     return _from_additive(ops, "bias", bias, threshold)
 
 
@@ -147,7 +155,7 @@ def from_torch_mha(
     key_padding_mask: Any = None,
     *,
     num_heads: Any = None,
-    threshold: Any = "min",
+    threshold: Any = "auto",
 ) -> Any:
     device = ops.device_of({"attn_mask": attn_mask, "key_padding_mask": key_padding_mask})
     keep = None
@@ -182,13 +190,20 @@ def or_masks(ops: ArrayOps, *masks: Any) -> Any:
 
 
 def combine(ops: ArrayOps, op: str, masks: tuple[Any, ...], names: tuple[str, ...] | None = None) -> Any:
-    """The and / or of boolean masks (None skipped), after checking that they broadcast together."""
+    """The and / or of boolean masks, after checking that they broadcast together.
+
+    None keeps everything: and skips it, or returns None (keep everything) once any argument is None.
+    With nothing to combine, and keeps everything (None) and or keeps nothing (a 0-d False).
+    """
     names = names or tuple(f"masks[{n}]" for n in range(len(masks)))
     device = ops.device_of({n: m for n, m in zip(names, masks, strict=True) if m is not None})
     present = [(n, arrays.bool_mask(ops, n, m, device)) for n, m in zip(names, masks, strict=True) if m is not None]
-    if not present:
+    if present:
+        check.masks_broadcast([n for n, _ in present], [ops.shape(m) for _, m in present])
+    if op == "or" and len(present) < len(masks):
         return None
-    check.masks_broadcast([n for n, _ in present], [ops.shape(m) for _, m in present])
+    if not present:
+        return None if op == "and" else ops.asarray(np.zeros((), bool), device)
     out = present[0][1]
     for _, m in present[1:]:
         out = (out & m) if op == "and" else (out | m)

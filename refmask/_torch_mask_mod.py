@@ -3,12 +3,15 @@
     mask_mod.causal(q_len, kv_len=None, *, align="top_left", offset=0)      ~ causal_mask
     mask_mod.sliding_window(q_len, kv_len=None, *, window, align, offset)   ~ sliding_window_mask
     mask_mod.chunked(q_len, kv_len=None, *, chunk_size, align, offset)      ~ chunked_mask
+      (each also with offset= a (B,) tensor, q_positions= / kv_positions=, as the constructors)
     mask_mod.padding(kv_valid, q_valid=None)                                ~ attention_padding_mask
     mask_mod.padding_lengths(lengths, max_len, *, side="right")
                                  ~ attention_padding_mask(padding_mask(lengths, max_len, side=side))
     mask_mod.segment(q_segment_ids, kv_segment_ids=None, *, pad_id=None)    ~ segment_mask
-    mask_mod.prefix_lm(prefix_lengths, q_len, kv_len=None, *, align)        ~ prefix_lm_mask
+    mask_mod.prefix_lm(prefix_lengths, q_len, kv_len=None, *, align, offset, q_positions, kv_positions)
+                                                                            ~ prefix_lm_mask
     mask_mod.and_(*mods), mask_mod.or_(*mods)  (also m1 & m2, m1 | m2)      ~ and_masks, or_masks
+    mask_mod.varlen(cu_seqlens_q, cu_seqlens_k=None, *, causal, window)   ~ varlen_mask (packed, B = 1)
     mask_mod.from_mask(mask): any dense refmask mask (..., T, S), by lookup
 
 Arguments are checked exactly as by the constructors (same errors). Data (lengths, ids, masks)
@@ -41,6 +44,7 @@ __all__ = [
     "prefix_lm",
     "segment",
     "sliding_window",
+    "varlen",
 ]
 
 Index = torch.Tensor
@@ -121,13 +125,72 @@ def _device(named: dict[str, Any], device: Any) -> Any:
     return found if device is None else OPS.device(device)
 
 
-def _aligned(q_len: int, kv_len: int | None, align: str, offset: int) -> tuple[int, int, int]:
+def _aligned(q_len: object, kv_len: object, align: str, offset: object) -> tuple[int, int, int]:
     """T, S and the exact shift of query positions (any Python int: the constructors' reductions apply)."""
     t, s = check.q_kv_lengths(q_len, kv_len)
     return t, s, check.aligned_offset(align, t, s, offset)
 
 
-def causal(q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0) -> MaskMod:
+def _positions(
+    q_len: Any, kv_len: Any, align: Any, offset: Any, q_positions: Any, kv_positions: Any, device: Any
+) -> tuple[arrays.PositionArgs, Callable[[Index, Index], Index], Callable[[Index, Index], Index], int | None]:
+    """Position arrays as lookups: (args, query position (b, q_idx), key position (b, kv_idx), batch)."""
+    named = {"offset": offset, "q_positions": q_positions, "kv_positions": kv_positions}
+    p = arrays.position_args(OPS, q_len, kv_len, align, offset, q_positions, kv_positions, _device(named, device))
+    assert p is not None
+    t, s = p.q_len, p.kv_len
+    batch = next((a.shape[0] for a in (p.offset, p.q_positions, p.kv_positions) if a is not None and a.ndim == 2), None)
+    if p.offset is not None:
+        off, shift = p.offset.to(torch.int64), p.shift
+        batch = off.shape[0]
+
+        def q_pos(b: Index, q_idx: Index) -> Index:
+            return q_idx + shift + off[b]
+    elif p.q_positions is None:
+        def q_pos(b: Index, q_idx: Index) -> Index:
+            return q_idx
+    else:
+        qp = p.q_positions.to(torch.int64)
+
+        def q_pos(b: Index, q_idx: Index) -> Index:
+            return qp[_clamped(q_idx, t)] if qp.ndim == 1 else qp[b, _clamped(q_idx, t)]
+
+    if p.kv_positions is None:
+        def kv_pos(b: Index, kv_idx: Index) -> Index:
+            return kv_idx
+    else:
+        kp = p.kv_positions.to(torch.int64)
+
+        def kv_pos(b: Index, kv_idx: Index) -> Index:
+            return kp[_clamped(kv_idx, s)] if kp.ndim == 1 else kp[b, _clamped(kv_idx, s)]
+
+    return p, q_pos, kv_pos, batch
+
+
+def _uses_positions(offset: Any, q_positions: Any, kv_positions: Any) -> bool:
+    return q_positions is not None or kv_positions is not None or isinstance(offset, torch.Tensor | list | tuple) or (
+        hasattr(offset, "shape")
+    )
+
+
+def causal(
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
+    device: Any = None,
+) -> MaskMod:
+    if _uses_positions(offset, q_positions, kv_positions):
+        p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+
+        def causal_at(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
+            return kv_pos(b, kv_idx) <= q_pos(b, q_idx)
+
+        return MaskMod(causal_at, f"causal({p.q_len}, {p.kv_len}, positions)", batch=batch, q_len=p.q_len,
+                       kv_len=p.kv_len)
     t, s, shift = _aligned(q_len, kv_len, align, offset)
     d = check.diagonal(shift, t, s)
 
@@ -138,30 +201,68 @@ def causal(q_len: int, kv_len: int | None = None, *, align: str = "top_left", of
 
 
 def sliding_window(
-    q_len: int,
+    q_len: int | None = None,
     kv_len: int | None = None,
     *,
-    window: int | tuple[int, int],
+    window: int | tuple[int | None, int | None],
     align: str = "top_left",
-    offset: int = 0,
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
+    device: Any = None,
 ) -> MaskMod:
-    t, s, shift = _aligned(q_len, kv_len, align, offset)
     left, right = check.window(window)
-    lo, hi = check.diagonal(shift - left, t, s), check.diagonal(shift + right, t, s)
+    if _uses_positions(offset, q_positions, kv_positions):
+        p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+        lo, hi = check.position_window((left, right))
+
+        def window_at(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
+            diff = kv_pos(b, kv_idx) - q_pos(b, q_idx)
+            keep = torch.ones_like(diff, dtype=torch.bool)
+            if lo is not None:
+                keep = keep & (diff >= -lo)
+            if hi is not None:
+                keep = keep & (diff <= hi)
+            return keep
+
+        return MaskMod(window_at, f"sliding_window({p.q_len}, {p.kv_len}, window=({left}, {right}), positions)",
+                       batch=batch, q_len=p.q_len, kv_len=p.kv_len)
+    t, s, shift = _aligned(q_len, kv_len, align, offset)
+    lo_d, hi_d = check.window_diagonals(shift, (left, right), t, s)
 
     def sliding_window(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
         diff = kv_idx - q_idx
-        return (diff >= lo) & (diff <= hi)
+        return (diff >= lo_d) & (diff <= hi_d)
 
     return MaskMod(sliding_window, f"sliding_window({t}, {s}, window=({left}, {right}), shift={shift})",
                    q_len=t, kv_len=s)
 
 
 def chunked(
-    q_len: int, kv_len: int | None = None, *, chunk_size: int, align: str = "top_left", offset: int = 0
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    *,
+    chunk_size: int,
+    align: str = "top_left",
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
+    device: Any = None,
 ) -> MaskMod:
+    size = check.integer("chunk_size", chunk_size, minimum=1)
+    if _uses_positions(offset, q_positions, kv_positions):
+        p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+        cp = check.position_chunk(size)
+
+        def chunked_at(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
+            return torch.div(q_pos(b, q_idx), cp, rounding_mode="floor") == torch.div(
+                kv_pos(b, kv_idx), cp, rounding_mode="floor"
+            )
+
+        return MaskMod(chunked_at, f"chunked({p.q_len}, {p.kv_len}, chunk_size={size}, positions)", batch=batch,
+                       q_len=p.q_len, kv_len=p.kv_len)
     t, s, shift = _aligned(q_len, kv_len, align, offset)
-    c, d = check.chunks(shift, check.integer("chunk_size", chunk_size, minimum=1), t, s)
+    c, d = check.chunks(shift, size, t, s)
 
     def chunked(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
         return torch.div(q_idx + d, c, rounding_mode="floor") == torch.div(kv_idx, c, rounding_mode="floor")
@@ -255,19 +356,79 @@ def segment(
 
 
 def prefix_lm(
-    prefix_lengths: Any, q_len: int, kv_len: int | None = None, *, align: str = "top_left", device: Any = None
+    prefix_lengths: Any,
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
+    device: Any = None,
 ) -> MaskMod:
-    t, s = check.q_kv_lengths(q_len, kv_len)
+    if _uses_positions(offset, q_positions, kv_positions):
+        p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+        t, s = p.q_len, p.kv_len
+    else:
+        t, s = check.q_kv_lengths(q_len, kv_len)
+        shift = check.diagonal(check.aligned_offset(align, t, s, offset), t, s)
+
+        def q_pos(b: Index, q_idx: Index) -> Index:
+            return q_idx + shift
+
+        def kv_pos(b: Index, kv_idx: Index) -> Index:
+            return kv_idx
+
+        batch = None
     prefix = arrays.integers(OPS, "prefix_lengths", prefix_lengths)
     check.ndim("prefix_lengths", tuple(prefix.shape), 1, "(B,)")
     prefix = OPS.asarray(_tb._lengths("prefix_lengths", prefix, s), device)
-    shift = check.align_shift(align, t, s)
+    if batch is not None:
+        check.per_example_batch("prefix_lengths", prefix.shape[0], ((batch, t, s),))
 
     def prefix_lm(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
-        return (kv_idx < prefix[b]) | (kv_idx <= q_idx + shift)
+        key = kv_pos(b, kv_idx)
+        return (key < prefix[b]) | (key <= q_pos(b, q_idx))
 
-    return MaskMod(prefix_lm, f"prefix_lm(B={prefix.shape[0]}, {t}, {s}, shift={shift})",
-                   batch=prefix.shape[0], q_len=t, kv_len=s)
+    return MaskMod(prefix_lm, f"prefix_lm(B={prefix.shape[0]}, {t}, {s})", batch=prefix.shape[0], q_len=t, kv_len=s)
+
+
+def varlen(
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any = None,
+    *,
+    causal: bool = False,
+    window: int | tuple[int | None, int | None] | None = None,
+    total_q: int | None = None,
+    total_k: int | None = None,
+    device: Any = None,
+) -> MaskMod:
+    """The packed (document) mask_mod of varlen_mask: flash-attn's varlen masks over one packed batch (B = 1)."""
+    device = _device({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k}, device)
+    self_attention = cu_seqlens_k is None
+    cu_q, last_q = arrays.cu_seqlens(OPS, "cu_seqlens_q", cu_seqlens_q, device)
+    if self_attention:
+        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
+    else:
+        (cu_k, last_k), name_k = arrays.cu_seqlens(OPS, "cu_seqlens_k", cu_seqlens_k, device), "cu_seqlens_k"
+        check.same_sequences("cu_seqlens_q", tuple(cu_q.shape), "cu_seqlens_k", tuple(cu_k.shape))
+    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
+    s = arrays.packed_total(name_k, last_k, "total_k", t if self_attention and total_k is None else total_k)
+    lo, hi = check.varlen_bounds(causal, window, t, s)
+    seg_q = _tb.segment_ids_from_cu_seqlens(cu_q, t).to(torch.int64)
+    seg_k = _tb.segment_ids_from_cu_seqlens(cu_k, s).to(torch.int64)
+    # Each token's distance from its sequence's end, in queries or keys: bottom-right alignment compares them.
+    end_q, end_k = cu_q.to(torch.int64)[1:], cu_k.to(torch.int64)[1:]
+    from_end_q = torch.arange(t, device=seg_q.device) - end_q[seg_q.clamp(min=0)] if t else seg_q
+    from_end_k = torch.arange(s, device=seg_k.device) - end_k[seg_k.clamp(min=0)] if s else seg_k
+
+    def varlen(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
+        qi, ki = _clamped(q_idx, t), _clamped(kv_idx, s)
+        d = from_end_k[ki] - from_end_q[qi]
+        return (seg_q[qi] == seg_k[ki]) & (seg_q[qi] >= 0) & (d >= lo) & (d <= hi)
+
+    return MaskMod(varlen, f"varlen(B={cu_q.shape[0] - 1}, {t}, {s}, causal={causal}, window={window})",
+                   q_len=t, kv_len=s)
 
 
 def from_mask(mask: Any, *, device: Any = None) -> MaskMod:
@@ -326,12 +487,19 @@ def _combine(word: str, op: Callable[[Index, Index], Index], present: tuple[Any,
 
 
 def and_(*mods: Any) -> MaskMod | None:
-    """Keep where every mask_mod keeps; None arguments are skipped; all None gives None."""
+    """Keep where every mask_mod keeps; None (keep everything) is skipped; nothing left gives None."""
     present = tuple(m for m in mods if m is not None)
     return _combine("&", torch.logical_and, present) if present else None
 
 
+def _keep_nothing(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
+    return torch.zeros_like(q_idx - kv_idx, dtype=torch.bool)
+
+
 def or_(*mods: Any) -> MaskMod | None:
-    """Keep where any mask_mod keeps; None arguments are skipped; all None gives None."""
+    """Keep where any mask_mod keeps, as or_masks: a None argument (keep everything) makes the result None;
+    no argument at all keeps nothing (as flex_attention's or_masks())."""
     present = tuple(m for m in mods if m is not None)
-    return _combine("|", torch.logical_or, present) if present else None
+    if len(present) < len(mods):
+        return None
+    return _combine("|", torch.logical_or, present) if present else MaskMod(_keep_nothing, "nothing")

@@ -116,6 +116,108 @@ def chunks(shift: int, chunk_size: int, q_len: int, kv_len: int) -> tuple[int, i
     return c, q * c + r
 
 
+# ----------------------------------------------------------------------------------------------
+# position masks on position arrays
+#
+# Per-example offsets and explicit positions are data (arrays, traceable), compared in each backend's
+# integer dtype. Kept within [-2^30, 2^30), every difference of two positions fits int32 (jax without x64),
+# and window sides and chunk sizes beyond 2^30 can be clamped to it exactly.
+
+POSITION_LIMIT = 1 << 30
+
+
+def positions_in_range(name: str, lo: int, hi: int) -> None:
+    """Positions (given, or arange + offset) must lie in [-2^30, 2^30)."""
+    if lo < -POSITION_LIMIT or hi >= POSITION_LIMIT:
+        bad = lo if lo < -POSITION_LIMIT else hi
+        raise ValueError(
+            f"{name} gives the position {bad}, outside [-2**30, 2**30) where refmask compares positions exactly "
+            "on every backend (an int offset= of any size is exact: pass one int for the whole batch)"
+        )
+
+
+def offsets_in_range(lo: int, hi: int, shift: int, q_len: int) -> None:
+    """Per-example offsets place query i at i + shift + offset[b], which must lie in [-2^30, 2^30)."""
+    if lo + shift < -POSITION_LIMIT or hi + shift + max(q_len - 1, 0) >= POSITION_LIMIT:
+        bad = lo if lo + shift < -POSITION_LIMIT else hi
+        raise ValueError(
+            f"offset holds {bad}, which puts queries outside [-2**30, 2**30) where refmask compares per-example "
+            "positions exactly on every backend (an int offset= of any size is exact: pass one int for the batch)"
+        )
+
+
+def position_lengths(
+    q_len: object,
+    kv_len: object,
+    q_shape: tuple[int, ...] | None,
+    kv_shape: tuple[int, ...] | None,
+    align: object,
+    offset: object,
+) -> tuple[int, int]:
+    """T and S of a mask built from q_positions / kv_positions (either may be None: arange then).
+
+    A position array is (T,) or (B, T) ((S,) or (B, S)); its length is T (S), so a q_len / kv_len that
+    says otherwise is refused, and so are align and offset, which only place arange query positions.
+    """
+    choice("align", align, ALIGNS)
+    if align != "top_left" or isinstance(offset, bool) or not isinstance(offset, numbers.Integral) or offset != 0:
+        raise ValueError(
+            f"align and offset place arange query positions; with q_positions or kv_positions give the positions "
+            f"themselves (add the offset to them); got align={align!r}, offset={offset!r}"
+        )
+    for name, shape, meaning in (
+        ("q_positions", q_shape, "(T,) or (B, T)"),
+        ("kv_positions", kv_shape, "(S,) or (B, S)"),
+    ):
+        if shape is not None and len(shape) not in (1, 2):
+            raise ValueError(f"{name} must have shape {meaning}; got shape {tuple(shape)}")
+    if q_shape is not None and len(q_shape) == 2 and kv_shape is not None and len(kv_shape) == 2:
+        same_batch("q_positions", q_shape, "kv_positions", kv_shape)
+    t = _length_from("q_len", q_len, "q_positions", q_shape)
+    default_s = None if kv_len is None else kv_len
+    if kv_shape is None and default_s is None:
+        default_s = t
+    s = _length_from("kv_len", default_s, "kv_positions", kv_shape)
+    return t, s
+
+
+def _length_from(name: str, given: object, positions_name: str, shape: tuple[int, ...] | None) -> int:
+    if shape is None:
+        if given is None:
+            raise TypeError(f"{name} is required unless {positions_name} is given")
+        return integer(name, given, minimum=0)
+    if given is not None and integer(name, given, minimum=0) != shape[-1]:
+        raise ValueError(f"{name}={given} conflicts with {positions_name} of shape {tuple(shape)}: leave {name} out")
+    return shape[-1]
+
+
+def per_example_offset(shape: tuple[int, ...], q_len: object) -> None:
+    """An offset array holds one offset per example: shape (B,)."""
+    if q_len is None:
+        raise TypeError("q_len is required unless q_positions is given")
+    ndim("offset", shape, 1, "(B,) (one offset per example) or be an int")
+
+
+def per_example_batch(name: str, batch: int, shapes: Sequence[tuple[int, ...]]) -> None:
+    """Per-example arrays of one mask (prefix lengths, offsets, positions) must agree on B."""
+    for shape in shapes:
+        if len(shape) == 3 and shape[0] != batch:
+            raise ValueError(
+                f"{name} has {batch} examples but the offset or positions have {shape[0]}: give one per example"
+            )
+
+
+def position_window(window: tuple[int | None, int | None]) -> tuple[int | None, int | None]:
+    """Window sides for position arrays, clamped to 2^31 - 1 (beyond every difference of two positions)."""
+    return tuple(None if w is None else min(w, 2 * POSITION_LIMIT - 1) for w in window)  # type: ignore[return-value]
+
+
+def position_chunk(chunk_size: int) -> int:
+    """A chunk size for position arrays, clamped to 2^30: every |position| is below it, so floor(p / c) is
+    0 or -1 by p's sign alike for any larger c."""
+    return min(chunk_size, POSITION_LIMIT)
+
+
 def pad_id(value: object, dtype: str) -> int | None:
     """pad_id as an int, or None when no value of the ids' integer `dtype` can equal it (it matches nothing)."""
     value = integer("pad_id", value)
@@ -149,16 +251,28 @@ def integers_fit(name: str, lo: int, hi: int, dtype: str) -> None:
         )
 
 
-def window(window: object) -> tuple[int, int]:
-    """`window=w` means (w, w); `window=(left, right)` keys on each side of the aligned query."""
+def window(window: object) -> tuple[int | None, int | None]:
+    """`window=w` means (w, w); `window=(left, right)` keys on each side of the aligned query, either side
+    None for unbounded on that side (None alone is refused: it would read as "no window")."""
     if isinstance(window, tuple | list) and len(window) == 2:
-        left = integer("window[0] (left)", window[0], minimum=0)
-        right = integer("window[1] (right)", window[1], minimum=0)
+        left = None if window[0] is None else integer("window[0] (left)", window[0], minimum=0)
+        right = None if window[1] is None else integer("window[1] (right)", window[1], minimum=0)
         return left, right
     if isinstance(window, numbers.Integral) and not isinstance(window, bool):
         w = integer("window", window, minimum=0)
         return w, w
-    raise TypeError(f"window must be an int w or a pair (left, right) of ints >= 0; got {window!r}")
+    raise TypeError(
+        f"window must be an int w or a pair (left, right) of ints >= 0 or None (unbounded); got {window!r}"
+    )
+
+
+def window_diagonals(shift: int, window: tuple[int | None, int | None], q_len: int, kv_len: int) -> tuple[int, int]:
+    """(lo, hi), small, such that lo <= j - i <= hi is the window around query i's aligned position i + shift
+    on a (q_len, kv_len) grid; an unbounded side is the diagonal beyond every key."""
+    left, right = window
+    lo = -q_len - 1 if left is None else diagonal(shift - left, q_len, kv_len)
+    hi = kv_len + 1 if right is None else diagonal(shift + right, q_len, kv_len)
+    return lo, hi
 
 
 def ndim(name: str, shape: tuple[int, ...], ndim: int, meaning: str) -> None:
@@ -294,3 +408,209 @@ def masks_broadcast(names: Sequence[str], shapes: Sequence[tuple[int, ...]]) -> 
     except ValueError:
         got = ", ".join(f"{n} {tuple(s)}" for n, s in zip(names, shapes, strict=True))
         raise ValueError(f"masks must broadcast to one shape; got {got}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# sinks and ALiBi
+
+
+def sinks_shape(got: tuple[int, ...], scores_shape: tuple[int, ...], axis: int = -1) -> tuple[int, ...]:
+    """The shape sinks of shape `got` take beside scores of `scores_shape` normalised along negative `axis`:
+    the scores' shape with that axis of size 1 (one logit per row).
+
+    Sinks broadcast to the rows, the scores' shape without `axis` ((..., H, T) for attention's (..., H, T, S));
+    when the scores have a head axis (at least 3 axes, normalised along the last), a 1-D sinks is one logit
+    per query head, (H,), read as (H, 1) (one logit per query row along T is (1, T) or (H, T)).
+    """
+    got, scores_shape = tuple(got), tuple(scores_shape)
+    n = len(scores_shape)
+    a = axis % n
+    rows = (*scores_shape[:a], *scores_shape[a + 1 :])
+    per_head = len(got) == 1 and n >= 3 and a == n - 1
+    if per_head:
+        if got[0] not in (1, scores_shape[-3]):
+            raise ValueError(
+                f"sinks of shape {got} is one logit per query head: it must have shape (H,) = ({scores_shape[-3]},) "
+                f"for scores of shape {scores_shape} (..., H, T, S); for one logit per query row pass shape "
+                f"(1, T) or (H, T)"
+            )
+        effective: tuple[int, ...] = (got[0], 1)
+    else:
+        effective = got
+    fits = len(effective) <= len(rows) and all(
+        g in (1, r) for g, r in zip(effective[::-1], rows[::-1], strict=False)
+    )
+    if not fits:
+        raise ValueError(
+            f"sinks of shape {got} does not broadcast to the rows {rows} (the scores' shape {scores_shape} without "
+            f"the softmax axis): pass one logit per query head, (H,), or an array broadcastable to the rows"
+        )
+    padded = (1,) * (len(rows) - len(effective)) + effective
+    return (*padded[:a], 1, *padded[a:])
+
+
+# 2**53: every integer up to it is exact in float64, so ALiBi's distances j - i' are exact.
+EXACT_POSITIONS = 2**53
+
+
+def alibi_distances(shift: int, q_len: int, kv_len: int) -> tuple[int, int]:
+    """The range (lo, hi) of the distances j - i' = j - i - shift on a (q_len, kv_len) grid, refused (naming
+    offset) beyond 2**53, where float64 no longer holds every integer."""
+    if q_len == 0 or kv_len == 0:
+        return 0, 0
+    lo, hi = -(q_len - 1) - shift, (kv_len - 1) - shift
+    if max(abs(lo), abs(hi)) > EXACT_POSITIONS:
+        raise ValueError(
+            f"offset puts queries {max(abs(lo), abs(hi))} positions from keys (offset plus align's shift: "
+            f"{shift}): ALiBi distances are computed exactly in float64, up to 2**53"
+        )
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------------------------
+# varlen batches: flash-attn's packed layout (cu_seqlens) and Hugging Face's position ids
+#
+# Values these decisions need (a first entry, the first decrease, a total) are read by refmask/_arrays.py
+# where they can be read; under tracing (jax.jit, torch.compile) they are skipped, and a result whose
+# shape would depend on them needs its size passed as an int (or is refused, naming the argument).
+
+INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def sequence_lengths(name: str, lo: int, total: int) -> None:
+    """Lengths of packed sequences: counts (>= 0) whose sum, the packed batch's size, fits int32, the dtype
+    of cu_seqlens (flash-attn's varlen functions take int32)."""
+    if lo < 0:
+        raise ValueError(f"{name} must be >= 0; got a length of {lo}")
+    if total > INT32_MAX:
+        raise ValueError(
+            f"{name} sum to {total} tokens, beyond int32's {INT32_MAX}: cu_seqlens are int32 (flash-attn's "
+            "convention), so one packed batch holds at most that many tokens"
+        )
+
+
+def cu_seqlens_shape(name: str, shape: tuple[int, ...]) -> None:
+    """cu_seqlens is 1-D (B + 1,): it holds at least its leading 0."""
+    ndim(name, shape, 1, "(B + 1,)")
+    if shape[0] == 0:
+        raise ValueError(f"{name} must hold at least its leading 0 (shape (B + 1,), B sequences); got shape (0,)")
+
+
+def cu_seqlens_values(name: str, first: int, drop: tuple[int, int, int] | None) -> None:
+    """cu_seqlens starts at 0 and never decreases: sequence b holds tokens cu[b] .. cu[b + 1] - 1.
+
+    drop: (b, cu[b - 1], cu[b]) for the first b where it decreases, or None.
+    """
+    if first != 0:
+        raise ValueError(f"{name} must start at 0 (cumulative sequence lengths); got {name}[0] = {first}")
+    if drop is not None:
+        at, before, after = drop
+        raise ValueError(
+            f"{name} must be non-decreasing (sequence b holds tokens {name}[b] .. {name}[b + 1] - 1); "
+            f"got {name}[{at}] = {after} < {name}[{at - 1}] = {before}"
+        )
+
+
+def same_sequences(name_a: str, shape_a: tuple[int, ...], name_b: str, shape_b: tuple[int, ...]) -> None:
+    if tuple(shape_a) != tuple(shape_b):
+        raise ValueError(
+            f"{name_a} and {name_b} must describe the same number of sequences (both (B + 1,)); "
+            f"got shapes {tuple(shape_a)} and {tuple(shape_b)}"
+        )
+
+
+def traced(name: str, instead: str) -> TypeError:
+    """The error for values that set a result's shape but cannot be read (jax.jit, vmap, torch.compile)."""
+    return TypeError(
+        f"{name}'s values set the shape of the result, and they cannot be read while tracing "
+        f"(jax.jit, jax.vmap, torch.compile): {instead}"
+    )
+
+
+def packed_total(name: str, total_name: str, total: object, last: int | None) -> int | None:
+    """The number of packed tokens a result spans: `total` when given (>= last, the tokens cu_seqlens packs;
+    those beyond it are padding), else `last` (None: unreadable, refused by the caller)."""
+    if total is None:
+        return last
+    n = integer(total_name, total, minimum=0)
+    if last is not None and n < last:
+        raise ValueError(f"{total_name}={n} is less than {name}[-1] = {last}, the number of tokens {name} packs")
+    return n
+
+
+def varlen_bounds(causal: object, window_value: object, total_q: int, total_k: int) -> tuple[int, int]:
+    """(lo, hi): varlen_mask keeps query p and key q of one sequence iff lo <= (q - p) - (len_k - len_q) <= hi.
+
+    That difference lies in [1 - len_k, len_q - 1], inside [-total_k, total_q]: a side beyond it (None,
+    or a huge int) is clamped to one past it, exactly. causal caps the right side at 0, as flash-attn does.
+    """
+    is_causal = flag("causal", causal)
+    left, right = (None, None) if window_value is None else window(window_value)
+    lo = -(total_k + 1) if left is None else -min(left, total_k + 1)
+    hi = total_q + 1 if right is None else min(right, total_q + 1)
+    return lo, min(hi, 0) if is_causal else hi
+
+
+def segment_id_values(
+    name: str, lo: int, padding_then_real: int | None, drop: tuple[int, int, int] | None
+) -> None:
+    """Packed segment ids: >= 0 for real tokens, non-decreasing (each sequence's tokens contiguous), -1 for
+    padding, only after every real token. padding_then_real: the first real token after a -1, or None;
+    drop: (t, ids[t - 1], ids[t]) at the first decrease among real tokens, or None."""
+    if lo < -1:
+        raise ValueError(f"{name} must be >= 0 (a sequence index) or -1 (padding); got {lo}")
+    if padding_then_real is not None:
+        raise ValueError(
+            f"{name} holds padding (-1) before a real token (at {padding_then_real}): padding goes after every "
+            "sequence, as in the packed layout"
+        )
+    if drop is not None:
+        at, before, after = drop
+        raise ValueError(
+            f"{name} must be non-decreasing, each sequence's tokens contiguous; got {name}[{at}] = {after} "
+            f"after {name}[{at - 1}] = {before}"
+        )
+
+
+def num_segments(value: object, needed: int | None) -> int | None:
+    """The number of sequences B: num_segments when given (at least `needed`, the largest id + 1), else
+    `needed` (0 without a real token); None when neither is known (ids unreadable under tracing)."""
+    if value is None:
+        return needed
+    n = integer("num_segments", value, minimum=0)
+    if needed is not None and n < needed:
+        raise ValueError(f"num_segments={n} is too small for segment id {needed - 1}: it must be at least {needed}")
+    return n
+
+
+def unpad_shapes(x_shape: tuple[int, ...], valid_shape: tuple[int, ...]) -> None:
+    """unpad's x (B, L, ...) and valid (B, L)."""
+    ndim("valid", valid_shape, 2, "(B, L)")
+    if len(x_shape) < 2 or tuple(x_shape[:2]) != tuple(valid_shape):
+        raise ValueError(
+            f"x must have shape (B, L, ...) with valid's (B, L) = {tuple(valid_shape)} in front; got shape "
+            f"{tuple(x_shape)}"
+        )
+
+
+def pad_shapes(packed_shape: tuple[int, ...], indices_shape: tuple[int, ...]) -> None:
+    """pad's packed (total, ...) and indices (total,)."""
+    ndim("indices", indices_shape, 1, "(total,)")
+    if len(packed_shape) < 1 or packed_shape[0] != indices_shape[0]:
+        raise ValueError(
+            f"packed must have shape (total, ...) with one row per index, total = {indices_shape[0]}; got shape "
+            f"{tuple(packed_shape)}"
+        )
+
+
+def pad_indices(lo: int, hi: int, distinct: bool, batch: int, max_len: int) -> None:
+    """Flat indices into the (batch, max_len) layout: each in [0, batch * max_len), none twice."""
+    size = batch * max_len
+    if lo < 0 or hi >= size:
+        raise ValueError(
+            f"indices must lie in [0, batch * max_len) = [0, {size}) (batch={batch}, max_len={max_len}); got "
+            f"{lo if lo < 0 else hi}: batch and max_len must be those of the (B, L) layout the indices index "
+            "(unpad's valid.shape)"
+        )
+    if not distinct:
+        raise ValueError("indices must be distinct: two packed rows cannot go to one position")

@@ -5,7 +5,9 @@
   half-precision scores are accumulated in float32;
 - `mask_mod`: FlexAttention `mask_mod` callables `(b, h, q_idx, kv_idx) -> bool` that agree exactly
   with refmask's mask constructors (causal, sliding window, chunked, padding, segments, prefix-LM)
-  and their and/or combinations.
+  and their and/or combinations;
+- `score_mod`: FlexAttention `score_mod` callables `(score, b, h, q_idx, kv_idx) -> score` for refmask's
+  softcap and ALiBi bias (`score_mod.softcap`, `score_mod.alibi`, `score_mod.chain`).
 
 Importing this module imports torch. Every other function is reached through refmask's public API
 (`refmask.masked_softmax(scores, mask)` picks the torch backend for torch tensors).
@@ -22,11 +24,13 @@ import refmask
 from . import _arrays as arrays
 from . import _dtypes
 from . import _torch_mask_mod as mask_mod
+from . import _torch_score_mod as score_mod
 from . import _validate as check
 from ._torch_mask_mod import MaskMod
+from ._torch_score_mod import ScoreMod
 from .backends._torch_ops import TORCH as OPS
 
-__all__ = ["MaskMod", "mask_mod", "scaled_dot_product_attention"]
+__all__ = ["MaskMod", "ScoreMod", "mask_mod", "scaled_dot_product_attention", "score_mod"]
 
 
 # ----------------------------------------------------------------------------------------------

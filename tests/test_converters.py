@@ -90,10 +90,39 @@ def test_from_additive_refuses_a_flax_one_zero_mask_and_names_the_converter():
 
 
 def test_from_additive_threshold_reads_tutorial_masks():
-    bias = np.array([0.0, -1e9, -2e9, -np.inf], np.float32)
-    with pytest.raises(ValueError, match=r"pass threshold=-1000000000\.0"):
+    bias = np.array([0.0, -1e4, -2e4, -np.inf], np.float32)  # `(1 - m) * -10000`, then two such masks added
+    with pytest.raises(ValueError, match=r"pass threshold=-10000\.0"):
         refmask.from_additive(bias)
-    np.testing.assert_array_equal(refmask.from_additive(bias, threshold=-1e9), [True, False, False, False])
+    np.testing.assert_array_equal(refmask.from_additive(bias, threshold=-1e4), [True, False, False, False])
+
+
+_UPCASTS = [("float16", "float32"), ("bfloat16", "float32"), ("float16", "float64"), ("bfloat16", "float64"),
+            ("float32", "float64"), ("float32", "float32"), ("float64", "float64")]
+
+
+@pytest.mark.parametrize(
+    ("made_in", "read_as", "fill"),
+    # -1e9 overflows float16, where to_additive refuses it (test_bad_input.py)
+    [(m, r, f) for m, r in _UPCASTS for f in ("min", "-inf", -1e9) if not (m == "float16" and f == -1e9)],
+)
+def test_from_additive_reads_framework_masks_after_upcasting(made_in, read_as, fill):
+    # Hugging Face, Flax and torch write finfo(dtype).min or -inf in the model's dtype; NumPy users read
+    # such a mask after upcasting it. A tutorial's -1e9 is read too. 29 masked entries of a causal+padding mask:
+    keep = refmask.and_masks(refmask.causal_mask(8), refmask.attention_padding_mask(np.array([[True] * 7 + [False]])))
+    assert keep is not None
+    bias = refmask.to_additive(keep, made_in, fill=fill).astype(read_as)
+    assert int((~keep).sum()) == 29
+    np.testing.assert_array_equal(refmask.from_additive(bias), keep)
+
+
+def test_from_additive_refuses_values_that_could_be_a_bias_or_a_small_fill():
+    for value in (-1.0, -100.0, -65000.0, 3.0):
+        with pytest.raises(ValueError, match="neither 0"):
+            refmask.from_additive(np.array([0.0, value], np.float32))
+    # the strict reading of the mask's own dtype stays available
+    with pytest.raises(ValueError, match="neither 0"):
+        refmask.from_additive(np.array([0.0, -65504.0], np.float32), threshold="min")
+    np.testing.assert_array_equal(refmask.from_additive(np.array([0.0, -65504.0], np.float32)), [True, False])
 
 
 def test_from_additive_threshold_is_rounded_like_the_fill():

@@ -73,6 +73,17 @@ def _one_call_per_public_function():
     calls["masked_softmax"] = ((a["scores"], mask), {"fully_masked": "uniform"})
     calls["attention_weights"] = ((a["q"], a["k"], mask), {"scale": 0.5})
     calls["attention"] = ((a["q"], a["k"], a["v"], mask), {"is_causal": True, "return_weights": True})
+    d_out = np.ones((*a["q"].shape[:-1], a["v"].shape[-1]), np.float32)
+    calls["attention_vjp"] = ((a["q"], a["k"], a["v"], mask, d_out), {"bias": np.zeros(mask.shape[-2:], np.float32)})
+    # Results the shared catalogue does not hold (unpad's Python int, int64 that jax without x64 makes
+    # int32); their other backends are held to the oracle in tests/test_varlen.py.
+    calls["alibi_slopes"] = ((12,), {})
+    calls["alibi_bias"] = ((4, 3, 5), {"align": "bottom_right", "dtype": "float64"})
+    valid = np.array([[True, False, True], [False, True, True]])
+    calls["unpad"] = ((np.arange(12.0).reshape(2, 3, 2), valid), {})
+    calls["position_ids_from_padding"] = ((valid,), {})
+    calls["positions_in_segments"] = ((np.array([[0, 0, 1, 1, -1]]),), {})
+    calls["segment_ids_from_positions"] = ((np.array([[0, 1, 0, 1, 2, 0]]),), {})
     return calls
 
 

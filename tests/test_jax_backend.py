@@ -316,6 +316,49 @@ def test_attention_on_a_batch_sharded_over_four_devices():
     assert_attention_close(out, ref, scale=float(np.abs(v).max()))
 
 
+def _shard_order(t: int, shards: int, split: str) -> np.ndarray:
+    """The global positions each shard holds, shard after shard: contiguous blocks, or the load-balanced
+    "zigzag" split of causal context parallelism (shard r holds chunks r and 2 * shards - 1 - r)."""
+    if split == "contiguous":
+        return np.arange(t)
+    chunks = np.arange(t).reshape(2 * shards, -1)
+    return np.concatenate([np.concatenate([chunks[r], chunks[2 * shards - 1 - r]]) for r in range(shards)])
+
+
+@pytest.mark.parametrize("split", ["contiguous", "zigzag"])
+@pytest.mark.parametrize("kind", ["causal", "sliding_window"])
+def test_sequence_sharded_attention_builds_each_block_from_global_positions(split, kind):
+    # Context parallelism: the query sequence is split over 4 devices; every device holds all keys
+    # (gathered), builds its block of the mask from the global positions of its queries and the keys,
+    # and computes its rows of attention. Put back in order, the rows are the unsharded oracle's.
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (XLA_FLAGS=--xla_force_host_platform_device_count=4, set in conftest)")
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.make_mesh((4,), ("seq",), devices=jax.devices()[:4])
+    t, rng = 32, np.random.default_rng(7)
+    q, k, v = (rng.standard_normal((2, 2, t, 8)).astype(np.float32) for _ in range(3))
+    order = _shard_order(t, 4, split)
+
+    def block(q_rows, q_pos, k, v, kv_pos):
+        if kind == "causal":
+            mask = refmask.causal_mask(q_positions=q_pos, kv_positions=kv_pos, backend="jax")
+        else:
+            mask = refmask.sliding_window_mask(window=(5, 0), q_positions=q_pos, kv_positions=kv_pos, backend="jax")
+        return refmask.attention(q_rows, k, v, mask, backend="jax")
+
+    specs = (P(None, None, "seq"), P("seq"), P(), P(), P())
+    sharded = jax.jit(jax.shard_map(block, mesh=mesh, in_specs=specs, out_specs=P(None, None, "seq")))
+    inputs = (q[:, :, order], order.astype(np.int32), k, v, np.arange(t, dtype=np.int32))
+    placed = [jax.device_put(x, NamedSharding(mesh, spec)) for x, spec in zip(inputs, specs, strict=True)]
+    out = np.asarray(sharded(*placed))
+    unsharded = np.empty_like(out)
+    unsharded[:, :, order] = out
+    mask = oracle.causal_mask(t) if kind == "causal" else oracle.sliding_window_mask(t, window=(5, 0))
+    assert_attention_close(unsharded, oracle.attention(q, k, v, mask), scale=float(np.abs(v).max()))
+
+
 # ----------------------------------------------------------------------------------------------
 # Flax
 
@@ -437,3 +480,37 @@ def test_softmax_along_other_axes(axis):
         expected = oracle.masked_softmax(scores, mask, axis=axis, fully_masked=policy)
         got = refmask.masked_softmax(jnp.asarray(scores), jnp.asarray(mask), axis=axis, fully_masked=policy)
         assert_weights_close(got, expected, table=tolerances.SOFTMAX_MAX_ULP)
+
+
+# ----------------------------------------------------------------------------------------------
+# softcap, sinks and lse under autodiff
+
+
+@pytest.mark.jax_x64
+@pytest.mark.parametrize("with_sinks, fully_masked", [(True, "nan"), (False, "zero")])  # with sinks: 0 whatever
+def test_gradients_through_softcap_sinks_and_lse_are_exact_and_zero_where_masked(with_sinks, fully_masked):
+    from jax.test_util import check_grads
+
+    case = _case("causal-T>S-bottom_right-fully-masked-rows")  # its first queries keep no key
+    a = {k: jnp.asarray(v) for k, v in case.arrays("float64").items()}
+    mask = case.mask()
+    bias = jnp.asarray(oracle.alibi_bias(case.heads, case.q_len, case.kv_len, align="bottom_right", dtype="float64"))
+    sinks = jnp.array([0.3, -0.5]) if with_sinks else None
+    rng = np.random.default_rng(3)
+    cot_out = jnp.asarray(rng.standard_normal((*case.batch, case.heads, case.q_len, case.value_dim)))
+    cot_lse = jnp.asarray(rng.standard_normal((*case.batch, case.heads, case.q_len)))
+
+    def loss(q, k, v, bias, sinks):
+        out, lse = refmask.attention(q, k, v, jnp.asarray(mask), bias=bias, softcap=2.0, sinks=sinks,
+                                     fully_masked=fully_masked, return_lse=True)
+        return jnp.sum(cot_out * out) + jnp.sum(cot_lse * jnp.where(jnp.isfinite(lse), lse, 0.0))
+
+    args = (a["q"], a["k"], a["v"], bias, sinks)
+    assert np.isfinite(float(loss(*args)))
+    # The softmax core's custom JVP, transposed (reverse mode), against central differences.
+    check_grads(loss, args, order=1, modes=("rev",), eps=1e-6, atol=1e-7, rtol=1e-7)
+    # Masked biases holding NaN change nothing: their gradient is exactly 0, every gradient finite.
+    poisoned = jnp.where(jnp.asarray(mask), bias, jnp.nan)
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3) + ((4,) if with_sinks else ()))(*args[:3], poisoned, sinks)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    assert (np.asarray(grads[3])[:, ~np.broadcast_to(mask, grads[3].shape[1:])] == 0).all()

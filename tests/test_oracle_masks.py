@@ -313,22 +313,24 @@ def test_and_masks_broadcasts_and_skips_none():
     assert_mask_equal(refmask.and_masks(causal, None, keys[None]), expected[None])
 
 
-def test_or_masks_broadcasts_and_skips_none():
+def test_or_masks_broadcasts():
     causal = grid([1, 0, 0], [1, 1, 0], [1, 1, 1])
     lookahead = grid([1, 1, 0], [0, 1, 1], [0, 0, 1])
     expected = grid(
         [1, 1, 0],
         [1, 1, 1],
         [1, 1, 1])
-    assert_mask_equal(refmask.or_masks(None, causal, lookahead), expected)
+    assert_mask_equal(refmask.or_masks(causal, lookahead), expected)
 
 
-@pytest.mark.parametrize("combine", [refmask.and_masks, refmask.or_masks])
-def test_combining_nothing_gives_none_and_one_mask_gives_itself(combine):
-    assert combine() is None
-    assert combine(None, None) is None
+def test_none_keeps_everything_in_and_masks_and_in_or_masks():
     only = grid([1, 0], [0, 1])
-    assert_mask_equal(combine(None, only), only)
+    assert refmask.and_masks() is None
+    assert refmask.and_masks(None, None) is None
+    assert_mask_equal(refmask.and_masks(None, only), only)
+    assert refmask.or_masks(None, only) is None  # keep everything, or anything: keep everything
+    nothing = refmask.or_masks()
+    assert nothing is not None and nothing.shape == () and not nothing  # the or of no mask keeps nothing
 
 
 # ---------------------------------------------------------------------------------------------

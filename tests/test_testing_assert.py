@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from refmask import oracle
 from refmask._backends import unavailable_reason
-from refmask.testing import MismatchError, assert_attention_close, assert_weights_close, tolerances, ulp_distance
+from refmask.testing import (
+    MismatchError,
+    assert_attention_close,
+    assert_lse_close,
+    assert_weights_close,
+    tolerances,
+    ulp_distance,
+)
 from refmask.testing._assert import index_names
 from refmask.testing.cases import numpy_dtype
 
@@ -409,3 +417,207 @@ def test_framework_arrays_are_accepted(name):
     assert_attention_close(from_numpy(out, name), from_numpy(out, name))
     with pytest.raises(AssertionError, match=r"worst at \(batch=0, head=0, query=0, key=0\)"):
         assert_weights_close(from_numpy(_nudge(w, (0, 0, 0, 0), 50), name), w, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------
+# numpy.testing's conventions: positional rtol/atol, err_msg
+
+
+def test_rtol_and_atol_may_be_positional_as_in_numpy_testing():
+    _, _, _, mask, out, w = _problem("float32")
+    off = _nudge(w, (0, 0, 0, 0), 1000)
+    assert_weights_close(off, w, 1e-3)  # assert_allclose(actual, desired, rtol, atol)
+    with pytest.raises(AssertionError, match=r"beyond atol=1e-09 rtol=0"):
+        assert_weights_close(off, w, 0, 1e-9, mask=mask)
+    off_out = out.copy()
+    off_out[0, 0, 0, 0] += 1e-3
+    assert_attention_close(off_out, out, 0, 2e-3)
+    with pytest.raises(AssertionError, match=r"beyond atol=1e-06 rtol=None"):
+        assert_attention_close(off_out, out, None, 1e-6)
+    # The one tolerance checker still refuses what cannot be a bound, positional or not.
+    with pytest.raises(ValueError, match="rtol must be a finite number >= 0; got NaN"):
+        assert_attention_close(off_out, out, float("nan"))
+    with pytest.raises(ValueError, match="atol must be a finite number >= 0; got -1"):
+        assert_weights_close(off, w, None, -1)
+    with pytest.raises(ValueError, match="max_ulp and rtol/atol are alternatives"):
+        assert_weights_close(off, w, 1e-3, max_ulp=4)
+
+
+def test_err_msg_is_the_first_line_of_every_report():
+    _, _, _, mask, out, w = _problem("float32")
+    with pytest.raises(MismatchError) as excinfo:
+        assert_weights_close(_nudge(w, (1, 0, 1, 2), 40), w, mask=mask, err_msg="my kernel, seed 3")
+    lines = _message(excinfo).splitlines()
+    assert lines[0] == "my kernel, seed 3"
+    assert lines[1].startswith("weights: 1 of 48 entries differ")
+    assert excinfo.value.mismatch.index == (1, 0, 1, 2)  # still a MismatchError with its worst entry
+    with pytest.raises(AssertionError) as shape_info:
+        assert_attention_close(out[..., :2], out, err_msg="block 7")
+    assert _message(shape_info).splitlines() == ["block 7", "output: shape (2, 2, 3, 2) differs from the oracle's "
+                                                         "(2, 2, 3, 5)"]
+    with pytest.raises(TypeError, match="err_msg must be a str; got int 3"):
+        assert_attention_close(out, out, err_msg=3)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------
+# nested structures, leaf by leaf
+
+
+class Grads(NamedTuple):
+    dq: np.ndarray
+    dk: np.ndarray
+
+
+def test_nested_structures_are_compared_leaf_by_leaf_with_the_path():
+    _, _, _, mask, out, w = _problem("float32")
+    other = out[:, :, :, ::-1].copy()
+    assert_attention_close((out, other), (out.copy(), other.copy()), mask=mask)
+    assert_attention_close({"a": [out], "b": None}, {"a": [out], "b": None})
+    off = _nudge(other, (1, 1, 0, 2), 1000)
+    with pytest.raises(MismatchError, match=r"^output\[1\]: 1 of 60 entries differ"):
+        assert_attention_close((out, off), (out, other))
+    with pytest.raises(MismatchError, match=r"^output\['b'\]\[0\]: 1 of 60 entries differ"):
+        assert_attention_close({"a": out, "b": [off]}, {"a": out, "b": [other]})
+    with pytest.raises(MismatchError, match=r"^weights\.dk: 1 of 48 entries differ"):
+        assert_weights_close(Grads(w, _nudge(w, (0, 0, 0, 0), 100)), Grads(w, w))
+    # A plain tuple is compared with a NamedTuple of its length, the report naming the fields.
+    with pytest.raises(MismatchError, match=r"^weights\.dk: "):
+        assert_weights_close((w, _nudge(w, (0, 0, 0, 0), 100)), Grads(w, w))
+    # Each leaf's own dtype and shape checks, with its path.
+    with pytest.raises(AssertionError, match=re.escape("output[0]: dtype float64 differs from the expected float32")):
+        assert_attention_close((out.astype(np.float64), other), (out, other))
+
+
+def test_structures_that_differ_are_reported_as_such():
+    _, _, _, _, out, _ = _problem("float32")
+    cases = [
+        ((out, out), (out, out, out),
+         "output: structure differs: actual is a tuple of 2, the oracle's is a tuple of 3"),
+        (out, (out, out), "output: structure differs: actual is an array of shape (2, 2, 3, 5), the oracle's is a "
+                          "tuple of 2"),
+        ({"dq": out}, {"dq": out, "dk": out}, "output: structure differs: actual is a dict with keys ['dq'], the "
+                                              "oracle's is a dict with keys ['dk', 'dq']; missing in actual: ['dk']"),
+        ({"dq": out, "x": out}, {"dq": out}, "not in the oracle's: ['x']"),
+        ((out, None), (out, out), "output[1]: structure differs: actual is None, the oracle's is an array"),
+        (Grads(out, out), (out, [out]), "output[1]: structure differs: actual is an array of shape (2, 2, 3, 5), "
+                                        "the oracle's is a list of 1"),
+    ]
+    for actual, expected, message in cases:
+        with pytest.raises(AssertionError, match=re.escape(message)):
+            assert_attention_close(actual, expected)
+
+
+def test_a_list_of_numbers_is_one_array():
+    assert_weights_close([[0.25, 0.75]], np.array([[0.25, 0.75]]))
+    with pytest.raises(MismatchError, match=r"^weights: 1 of 2 entries differ(.|\n)*worst at \(query=0, key=1\)"):
+        assert_weights_close([[0.25, 0.7]], np.array([[0.25, 0.75]]))
+
+
+# ------------------------------------------------------------------------------------------
+# the grid of where entries differ
+
+
+def test_the_report_draws_where_entries_differ():
+    keep = oracle.causal_mask(3, 4)
+    w = oracle.masked_softmax(np.zeros((3, 4), np.float32), keep)
+    off = _nudge(_nudge(w, (1, 0), 100), (2, 1), 200)
+    with pytest.raises(MismatchError) as excinfo:
+        assert_weights_close(off, w, mask=keep)
+    grid = _message(excinfo).split("\n  that row, oracle: ")[1].splitlines()[1:5]
+    assert grid == [
+        "  where they differ: rows query 0..2, columns key 0..3; x differs, . agrees, - masked:",
+        "    0  . - - -",
+        "    1  x . - -",
+        "    2  . x . -  <- worst (key 1)",
+    ]
+
+
+def test_the_grid_names_the_slice_and_masked_entries_that_differ():
+    _, _, _, mask, _, w = _problem()  # batch 1: key 3 padded, query 2 fully masked
+    off = w.copy()
+    off[1, 1, 0, 3] = 0.125
+    with pytest.raises(MismatchError) as excinfo:
+        assert_weights_close(off, w, mask=mask)
+    message = _message(excinfo)
+    assert ("  where they differ in (batch=1, head=1): rows query 0..2, columns key 0..3; . agrees, - masked, "
+            "! masked, differs:\n"
+            "    0  . . . !  <- worst (key 3)\n"
+            "    1  . . . -\n"
+            "    2  - - - -  (fully masked)\n") in message
+
+
+def test_the_grid_is_cut_to_16_by_16_around_the_worst_entry():
+    w = np.full((40, 40), 1 / 40, np.float32)
+    off = _nudge(w, (30, 35), 100)
+    with pytest.raises(MismatchError) as excinfo:
+        assert_weights_close(off, w)
+    lines = _message(excinfo).splitlines()
+    start = next(i for i, line in enumerate(lines) if "where they differ" in line)
+    assert lines[start] == ("  where they differ: rows query 22..37 (of 40), columns key 24..39 (of 40); "
+                            "x differs, . agrees:")
+    rows = lines[start + 1 : start + 17]
+    assert [int(r.split()[0]) for r in rows] == list(range(22, 38))
+    assert all(len(r.split()[1:17]) == 16 for r in rows)
+    assert rows[8] == "    30  . . . . . . . . . . . x . . . .  <- worst (key 35)"
+
+
+# ------------------------------------------------------------------------------------------
+# assert_lse_close
+
+
+def _lse(q, k, mask):
+    """log sum_j exp(s_j) over each row's kept scores, -inf for a row with none: in float64, then
+    rounded to float32 (float64 for float64 inputs), as kernels keep it."""
+    s = (q.astype(np.float64) @ np.swapaxes(k.astype(np.float64), -1, -2)) / np.sqrt(q.shape[-1])
+    s = np.where(np.broadcast_to(mask, s.shape), s, -np.inf)
+    return np.logaddexp.reduce(s, axis=-1).astype(np.float64 if q.dtype == np.float64 else np.float32)
+
+
+def test_lse_equal_and_within_tolerance_pass():
+    q, k, _, mask, _, _ = _problem("float16")
+    lse = _lse(q, k, mask)
+    assert lse.dtype == np.float32 and lse.shape == (2, 2, 3)
+    assert np.isneginf(lse[1, :, 2]).all() and np.isfinite(lse[0]).all()
+    assert_lse_close(lse, lse.copy(), mask=mask)
+    ref = max(1.0, float(np.abs(lse[np.isfinite(lse)]).max()))
+    within = lse + np.float32(tolerances.LSE_MAX_ULP["float32"] * tolerances.eps("float32") * ref * 0.9)
+    assert_lse_close(within, lse, mask=mask)
+    beyond = lse.copy()
+    beyond[0, 1, 1] += np.float32(40 * tolerances.eps("float32") * ref)
+    with pytest.raises(MismatchError, match=rf"^lse: 1 of 12 entries differ \(more than 32 \* eps \* {ref:g} apart\)"
+                                            r"(.|\n)*worst at \(batch=0, head=1, query=1\)"):
+        assert_lse_close(beyond, lse, mask=mask)
+
+
+@pytest.mark.parametrize("value, hint", [
+    (np.inf, "+inf (flash-attn's convention outside split-KV) makes a merge of partial results"),
+    (-1e30, "a finite value comes from a guarded row sum"),
+])
+def test_lse_of_a_row_with_no_kept_key_must_be_minus_inf(value, hint):
+    q, k, _, mask, _, _ = _problem("float32")
+    lse = _lse(q, k, mask)
+    wrong = np.where(np.isneginf(lse), np.float32(value), lse)
+    with pytest.raises(MismatchError) as excinfo:
+        assert_lse_close(wrong, lse, mask=mask)
+    message = _message(excinfo)
+    assert message.startswith("lse: 2 of 12 entries differ (infinite in one and not the other, or of the other sign)")
+    assert "worst at (batch=1, head=0, query=2): actual " in message and ", oracle -inf" in message
+    assert "its row is fully masked (no key kept)" in message
+    assert ("  where they differ in (batch=1): rows head 0..1, columns query 0..2; . agrees, "
+            "! no kept key, differs:\n    0  . . !  <- worst (query 2)\n    1  . . !\n") in message
+    assert f"hint: this row has no kept key, so its lse is log(0) = -inf; {hint}" in message
+
+
+def test_lse_nan_and_dtype_are_structure():
+    q, k, _, mask, _, _ = _problem("float32")
+    lse = _lse(q, k, mask)
+    nan = lse.copy()
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(MismatchError, match=r"NaN where the oracle has none(.|\n)*hint: NaN lse in a row with a kept"):
+        assert_lse_close(nan, lse)
+    with pytest.raises(AssertionError, match="lse: dtype float16 differs from the expected float32"):
+        assert_lse_close(lse.astype(np.float16), lse)
+    with pytest.raises(ValueError, match="max_ulp must be a finite number >= 0; got NaN"):
+        assert_lse_close(lse, lse, max_ulp=float("nan"))
+    with pytest.raises(MismatchError, match=r"^lse\[1\]: "):
+        assert_lse_close((lse, nan), (lse, lse))

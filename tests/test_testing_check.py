@@ -423,3 +423,335 @@ def test_without_ml_dtypes_bfloat16_is_skipped_or_refused():
                                           "['bfloat16: ml_dtypes (bfloat16 in NumPy) is not installed']"]
     assert result.stderr.strip().splitlines()[-1] == (
         f"ImportError: check_attention needs ml_dtypes for bfloat16 in NumPy, which is not installed: {INSTALL_HINT}")
+
+
+# ------------------------------------------------------------------------------------------
+# calling conventions: the mask as a keyword
+
+
+def test_mask_arg_passes_the_mask_by_keyword():
+    calls = []
+
+    def flax_like(query, key, value, bias=None, mask=None):  # Flax's dot_product_attention order
+        calls.append(bias is None and mask is not None)
+        return refmask.attention(query, key, value, mask, bias=bias)
+
+    def weights(query, key, bias=None, mask=None):
+        return refmask.attention_weights(query, key, mask, bias=bias)
+
+    report = check_attention(flax_like, mask_arg="mask", weights_fn=weights, **FAST)
+    assert report.cases == 20 and calls and all(calls)
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(flax_like, **FAST)  # the mask goes in as the bias
+    assert ("  note: the mask went in as fn's fourth argument, `bias`, and fn has a parameter `mask`: if that is "
+            "where the mask goes, pass mask_arg='mask'") in str(excinfo.value)
+
+
+def test_mask_arg_is_validated_against_the_functions():
+    with pytest.raises(ValueError, match=r"mask_arg must be None .* got 'attn mask'"):
+        check_attention(oracle_bhtd, mask_arg="attn mask", **FAST)
+    with pytest.raises(TypeError, match=r"mask_arg='mask': `.*<lambda>` takes no keyword 'mask' \(its parameters: "
+                                        r"q, k, v, m\)"):
+        check_attention(lambda q, k, v, m: None, mask_arg="mask", **FAST)
+    with pytest.raises(TypeError, match=r"mask_arg='m': `.*<lambda>` takes no keyword 'm' \(its parameters: q, k, w\)"):
+        check_attention(lambda q, k, v, m: None, mask_arg="m", weights_fn=lambda q, k, w: None, **FAST)
+    check_attention(lambda q, k, v, **kw: refmask.attention(q, k, v, kw["attn_mask"]), mask_arg="attn_mask", **FAST)
+
+
+def test_flax_dot_product_attention_with_mask_arg():
+    _framework("jax")
+    import flax.linen as nn
+    import jax
+
+    # Key padding: 4 cases, a fully-masked batch item (uniform weights in Flax) and one key/value head among them.
+    report = check_attention(jax.jit(nn.dot_product_attention), layout="BTHD", mask_arg="mask", fully_masked="uniform",
+                             backend="jax", mask_kinds=["padding"], dtypes=["float32"], examples=0)
+    assert report.cases == sum(1 for kinds in CASE_KINDS.values() if kinds == ("padding",))
+
+
+# ------------------------------------------------------------------------------------------
+# lse=True: kernels that return (out, lse)
+
+
+def with_lse(q, k, v, mask):
+    return refmask.attention(q, k, v, mask, return_lse=True)
+
+
+def test_lse_is_checked_and_reported():
+    report = check_attention(with_lse, lse=True, dtypes=["float32", "float16"], examples=5)
+    assert set(report.worst_lse_ulp) == {"float32", "float16"}
+    assert "lse " in str(report)
+
+    def lse_off_by_log2(q, k, v, mask):
+        out, lse = with_lse(q, k, v, mask)
+        return out, lse + np.float32(np.log(2))  # the row sum doubled: a block counted twice
+
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(lse_off_by_log2, lse=True, **FAST)
+    message = str(excinfo.value)
+    assert "returns an lse that disagrees with the oracle's:" in message
+    assert re.search(r"lse: 20 of 20 entries differ \(more than 32 \* eps \* [\d.]+ apart\)", message)
+    assert "worst at (batch=" in message and "query=" in message
+
+
+def test_lse_must_be_returned_in_the_expected_shape_and_dtype():
+    with pytest.raises(CheckError, match=r"with lse=True fn must return \(out, lse\); it returned ndarray"):
+        check_attention(oracle_bhtd, lse=True, **FAST)
+    def lse_in_bthd(q, k, v, mask):  # flash-attn's softmax_lse is (B, H, T) for (B, T, H, D) inputs
+        t = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731
+        out, lse = refmask.attention(t(q), t(k), t(v), mask, return_lse=True)
+        return t(out), t(lse)
+
+    with pytest.raises(CheckError, match=re.escape("lse shape (2, 5, 2), expected (2, 2, 5) (BTHD: B, H, T)")):
+        check_attention(lse_in_bthd, layout="BTHD", lse=True, **FAST)
+    with pytest.raises(CheckError, match="lse: dtype float16 differs from the expected float32"):
+        check_attention(lambda q, k, v, m: (lambda o, lse: (o, lse.astype(q.dtype)))(*with_lse(q, k, v, m)),
+                        lse=True, dtypes=["float16"], examples=0)
+
+
+# ------------------------------------------------------------------------------------------
+# grads=True: backward_fn, torch autograd, jax.vjp
+
+
+def vjp_backward(q, k, v, mask, d_out):
+    return refmask.attention_vjp(q, k, v, mask, d_out)[:3]
+
+
+def test_gradients_by_backward_fn():
+    report = check_attention(oracle_bhtd, grads=True, backward_fn=vjp_backward, dtypes=["float32", "bfloat16"],
+                             examples=5, zero_length=True)
+    assert set(report.worst_gradient_ulp) == {"float32", "bfloat16"}
+
+    def transposed_mask_backward(q, k, v, mask, d_out):
+        return refmask.attention_vjp(q, k, v, np.swapaxes(mask, -1, -2), d_out)[:3]
+
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(oracle_bhtd, grads=True, backward_fn=transposed_mask_backward, mask_kinds=["causal"], **FAST)
+    message = str(excinfo.value)
+    assert message.startswith("check_attention: `test_gradients_by_backward_fn.<locals>.transposed_mask_backward` "
+                              "(backward_fn) gives gradients that disagree with the oracle's (refmask.attention_vjp):")
+    assert "  d_out: N(0, 1) in q's dtype; the gradients are those of sum(d_out * out)" in message
+    assert re.search(r"\ndq: \d+ of \d+ entries differ", message)
+
+
+def test_gradients_in_bthd_layout_come_back_in_that_layout():
+    def backward_bthd(q, k, v, mask, d_out):
+        t = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731
+        return tuple(t(g) for g in refmask.attention_vjp(t(q), t(k), t(v), mask, t(d_out))[:3])
+
+    check_attention(oracle_bthd, layout="BTHD", grads=True, backward_fn=backward_bthd, **FAST)
+    def backward_in_bhtd(q, k, v, mask, d_out):
+        t = lambda x: np.swapaxes(x, 1, 2)  # noqa: E731
+        return refmask.attention_vjp(t(q), t(k), t(v), mask, t(d_out))[:3]  # not swapped back
+
+    with pytest.raises(CheckError, match=re.escape("dq shape (2, 2, 5, 8), expected (2, 5, 2, 8), q's (BTHD)")):
+        check_attention(oracle_bthd, layout="BTHD", grads=True, backward_fn=backward_in_bhtd, **FAST)
+
+
+def test_backward_fn_must_return_one_gradient_per_input():
+    with pytest.raises(CheckError, match=r"backward_fn must return \(dq, dk, dv\); it returned a AttentionGrads of 5"):
+        check_attention(oracle_bhtd, grads=True, backward_fn=lambda q, k, v, m, g: refmask.attention_vjp(q, k, v, m, g),
+                        **FAST)
+
+
+def test_grads_arguments_are_validated():
+    with pytest.raises(ValueError, match=r'grads=True with backend="numpy" needs backward_fn\(q, k, v, mask, d_out\)'):
+        check_attention(oracle_bhtd, grads=True, **FAST)
+    with pytest.raises(ValueError, match="backward_fn is for grads=True"):
+        check_attention(oracle_bhtd, backward_fn=vjp_backward, **FAST)
+    with pytest.raises(TypeError, match="grads must be True or False; got 1"):
+        check_attention(oracle_bhtd, grads=1, **FAST)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="backward_fn must be callable or None"):
+        check_attention(oracle_bhtd, grads=True, backward_fn="vjp", **FAST)  # type: ignore[arg-type]
+
+
+def test_gradients_by_torch_autograd():
+    _framework("torch")
+
+    def kernel(q, k, v, mask, sinks):  # (out, lse), autograd through both the keys and the sinks
+        return refmask.attention(q, k, v, mask, sinks=sinks, return_lse=True)
+
+    report = check_attention(kernel, backend="torch", grads=True, lse=True, sinks=True, mask_kinds=["padding"],
+                             **FAST)
+    assert "float32" in report.worst_gradient_ulp and "float32" in report.worst_lse_ulp
+
+    def right_values_wrong_gradients(q, k, v, mask):
+        # The value of the correct kernel, the gradients of one whose mask is inverted.
+        right, wrong = refmask.attention(q, k, v, mask), refmask.attention(q, k, v, ~mask)
+        return right.detach() + (wrong - wrong.detach())
+
+    with pytest.raises(CheckError, match=r"has gradients by torch autograd that disagree(.|\n)*\ndq: "):
+        check_attention(right_values_wrong_gradients, backend="torch", grads=True, mask_kinds=["padding"], **FAST)
+    with pytest.raises(CheckError, match=r"dk: torch autograd gave no gradient for k: fn's output does not depend"):
+        check_attention(lambda q, k, v, mask: refmask.attention(q, k.detach(), v, mask), backend="torch", grads=True,
+                        mask_kinds=["padding"], **FAST)
+    with pytest.raises(CheckError, match=r"could not be computed:(.|\n)*it raised NotDifferentiable: its output "
+                                         r"\(ndarray\) does not require grad"):
+        check_attention(lambda q, k, v, mask: refmask.attention(q.detach().numpy(), k.detach().numpy(),
+                                                                v.detach().numpy(), mask.numpy()),
+                        backend="torch", grads=True, mask_kinds=["none"], **FAST)
+
+
+def test_gradients_by_jax_vjp():
+    _framework("jax")
+    import jax
+
+    def kernel(q, k, v, mask):
+        return refmask.attention(q, k, v, mask)
+
+    report = check_attention(jax.jit(kernel), backend="jax", grads=True, mask_kinds=["padding"], **FAST)
+    assert "float32" in report.worst_gradient_ulp
+
+    def values_only(q, k, v, mask):
+        return refmask.attention(q, jax.lax.stop_gradient(k), v, mask)
+
+    with pytest.raises(CheckError, match=r"has gradients by jax.vjp that disagree(.|\n)*\ndk: "):
+        check_attention(jax.jit(values_only), backend="jax", grads=True, mask_kinds=["none"], **FAST)
+
+
+# ------------------------------------------------------------------------------------------
+# softcap and sinks
+
+
+def test_softcap_is_passed_and_held_to_the_capped_oracle():
+    seen = []
+
+    def capped(q, k, v, mask, softcap):
+        seen.append(softcap)
+        return refmask.attention(q, k, v, mask, softcap=softcap)
+
+    check_attention(capped, softcap=0.5, **FAST)
+    assert set(seen) == {0.5}
+    with pytest.raises(CheckError, match=r"input: catalogue case \"no-mask\", .*, softcap=0.5\n"):
+        check_attention(lambda q, k, v, mask, softcap: oracle_bhtd(q, k, v, mask), softcap=0.5, **FAST)
+    with pytest.raises(ValueError, match="softcap must be a finite number > 0"):
+        check_attention(capped, softcap=0.0, **FAST)
+
+
+def test_sinks_are_passed_per_head_and_their_gradient_checked():
+    def with_sinks(q, k, v, mask, sinks):
+        assert sinks.shape == (q.shape[1],) and sinks.dtype == q.dtype
+        return refmask.attention(q, k, v, mask, sinks=sinks, return_lse=True)
+
+    def backward(q, k, v, mask, d_out, sinks):
+        grads = refmask.attention_vjp(q, k, v, mask, d_out, sinks=sinks)
+        return grads.dq, grads.dk, grads.dv, grads.dsinks
+
+    check_attention(with_sinks, sinks=True, lse=True, grads=True, backward_fn=backward, **FAST)
+    with pytest.raises(CheckError, match=r"sinks \[.*\]\n(.|\n)*\noutput: "):
+        check_attention(lambda q, k, v, mask, sinks: with_lse(q, k, v, mask), sinks=True, lse=True, **FAST)
+
+    def no_sink_gradient(q, k, v, mask, d_out, sinks):
+        return (*backward(q, k, v, mask, d_out, sinks)[:3], np.zeros_like(sinks))
+
+    with pytest.raises(CheckError, match=r"\ndsinks: [12] of 2 entries differ"):
+        check_attention(with_sinks, sinks=True, lse=True, grads=True, backward_fn=no_sink_gradient, **FAST)
+
+
+# ------------------------------------------------------------------------------------------
+# layout="varlen": flash-attn's varlen interface
+
+
+def _sequence_masks(cu_q, cu_k, causal, window_size, align="bottom_right"):
+    """(query slice, key slice, mask) of each packed sequence, flash-attn's alignment by default."""
+    for b in range(len(cu_q) - 1):
+        qs, ks = slice(int(cu_q[b]), int(cu_q[b + 1])), slice(int(cu_k[b]), int(cu_k[b + 1]))
+        lq, lk = qs.stop - qs.start, ks.stop - ks.start
+        mask = np.ones((lq, lk), bool)
+        if causal:
+            mask &= refmask.causal_mask(lq, lk, align=align)
+        if window_size is not None:
+            mask &= refmask.sliding_window_mask(lq, lk, window=window_size, align=align)
+        yield qs, ks, mask
+
+
+def _heads_first(x):
+    return np.swapaxes(x, 0, 1)
+
+
+def varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window_size=None, align="bottom_right"):
+    out = np.zeros((q.shape[0], q.shape[1], v.shape[-1]), q.dtype)
+    for qs, ks, mask in _sequence_masks(cu_q, cu_k, causal, window_size, align):
+        t = _heads_first
+        out[qs] = t(refmask.attention(t(q[qs]), t(k[ks]), t(v[ks]), mask))
+    return out
+
+
+def varlen_backward(q, k, v, cu_q, cu_k, max_q, max_k, d_out, causal=False, window_size=None, empty_q_nan=False):
+    grads = [np.zeros_like(x) for x in (q, k, v)]
+    for qs, ks, mask in _sequence_masks(cu_q, cu_k, causal, window_size):
+        t = _heads_first
+        dq, dk, dv = refmask.attention_vjp(t(q[qs]), t(k[ks]), t(v[ks]), mask, t(d_out[qs]))[:3]
+        grads[0][qs], grads[1][ks], grads[2][ks] = t(dq), t(dk), t(dv)
+        if empty_q_nan and qs.stop == qs.start:
+            grads[1][ks] = grads[2][ks] = np.nan  # never written: what a kernel skipping empty sequences leaves
+    return tuple(grads)
+
+
+def test_varlen_layout_calls_fn_as_flash_attn_varlen():
+    calls = []
+
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window_size=None):
+        calls.append((q.shape, cu_q.dtype, cu_q.tolist(), cu_k.tolist(), max_q, max_k, causal, window_size))
+        return varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, window_size)
+
+    report = check_attention(kernel, layout="varlen", grads=True, backward_fn=varlen_backward, lse=False,
+                             zero_length=True, grouped_query=True, **FAST)
+    from refmask.testing.cases import VARLEN_CASES
+
+    assert report.cases == len(VARLEN_CASES)
+    assert ((3, 2, 8), np.int32, [0, 1, 3], [0, 5, 8], 2, 5, True, None) in calls  # causal T < S
+    assert ((9, 2, 8), np.int32, [0, 6, 9], [0, 6, 9], 6, 6, False, (2, 1)) in calls  # window
+    assert ((3, 2, 8), np.int32, [0, 0, 3, 3], [0, 2, 5, 9], 3, 4, True, None) in calls  # empty query sequences
+    assert any(shape[1] == 4 for shape, *_ in calls)  # grouped-query heads: H = 4, H_kv = 2
+
+
+def test_varlen_top_left_causal_is_caught():
+    def top_left(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window_size=None):
+        return varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, window_size, align="top_left")
+
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(top_left, layout="varlen", **FAST)
+    message = str(excinfo.value)
+    assert 'input: varlen case "varlen-causal-T<S-decode", dtype float32' in message
+    assert ("  sequences: q lengths [1, 2], k lengths [5, 3], causal=True (bottom-right within each)") in message
+    assert "shapes: q (3, 2, 8), k (8, 2, 8), v (8, 2, 4)\n" in message
+    assert "(indices below take the packed batch as one batch item, (batch=0, head, query, dim)" in message
+
+
+def test_varlen_backward_leaving_empty_query_sequences_unwritten_is_caught():
+    def backward(*args, **kwargs):
+        return varlen_backward(*args, **{**kwargs, "empty_q_nan": True})
+
+    check_attention(varlen_attention, layout="varlen", grads=True, backward_fn=varlen_backward, **FAST)
+    with pytest.raises(CheckError) as excinfo:
+        check_attention(varlen_attention, layout="varlen", grads=True, backward_fn=backward, **FAST)
+    message = str(excinfo.value)
+    assert 'varlen case "varlen-empty-query-sequences"' in message
+    assert re.search(r"\ndk: \d+ of \d+ entries differ \(NaN where the oracle has none", message)
+    assert "a sequence here has no query (seqlen_q = 0): its keys get no gradient" in message
+
+
+def test_varlen_lse_is_heads_by_tokens():
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, causal=False, window_size=None):
+        lse = np.full((q.shape[1], q.shape[0]), -np.inf, np.float32)
+        for qs, ks, mask in _sequence_masks(cu_q, cu_k, causal, window_size):
+            t = _heads_first
+            lse[:, qs] = refmask.attention(t(q[qs]), t(k[ks]), t(v[ks]), mask, return_lse=True)[1]
+        return varlen_attention(q, k, v, cu_q, cu_k, max_q, max_k, causal, window_size), lse
+
+    assert set(check_attention(kernel, layout="varlen", lse=True, **FAST).worst_lse_ulp) == {"float32"}
+    with pytest.raises(CheckError, match=re.escape("lse shape (8, 2), expected (2, 8) (varlen: H, total_q)")):
+        check_attention(lambda *a, **kw: (lambda o, lse: (o, lse.T))(*kernel(*a, **kw)), layout="varlen", lse=True,
+                        **FAST)
+
+
+def test_varlen_arguments_are_validated():
+    with pytest.raises(ValueError, match='weights_fn is not for layout="varlen"'):
+        check_attention(varlen_attention, layout="varlen", weights_fn=lambda q, k, m: None)
+    with pytest.raises(ValueError, match='mask_arg is not for layout="varlen"'):
+        check_attention(varlen_attention, layout="varlen", mask_arg="mask")
+    with pytest.raises(ValueError, match="selects none of them"):
+        check_attention(varlen_attention, layout="varlen", mask_kinds=["chunked"])
+    report = check_attention(varlen_attention, layout="varlen", mask_kinds=["causal"], dtypes=["float32"])
+    assert "generated examples: layout varlen runs its catalogue only" in report.skipped

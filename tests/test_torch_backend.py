@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ import refmask
 import refmask.torch as rt
 from refmask import _dtypes, oracle
 from refmask.backends import torch as tb
-from refmask.testing import assert_attention_close, assert_weights_close, tolerances
+from refmask.testing import assert_attention_close, assert_lse_close, assert_weights_close, tolerances
 from refmask.testing.cases import ATTENTION_CASES, numpy_dtype
 
 CASES = {c.id: c for c in ATTENTION_CASES}
@@ -494,6 +494,9 @@ LENGTHS = np.array([5, 2, 0])
 SEGMENTS = np.array([[0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 0, -1, -1, -1], [3, 3, 3, 4, 4, 4, 4]])
 KV_VALID = np.array([[1, 1, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1], [1, 0, 1, 0, 1, 0, 1]], bool)
 Q_VALID = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 1]], bool)
+Q_POSITIONS = np.array([[2, 3, 4, 5, 6], [-1, 0, 1, 2, 3], [0, 0, 4, 4, 9]])
+CU_Q, CU_K = np.array([0, 1, 3, 3, 5]), np.array([0, 2, 3, 5, 7])  # a sequence with no query; T = 5, S = 7
+KV_POSITIONS = np.array([[0, 1, 2, 3, 4, 5, 6], [-1, -1, 0, 1, 2, 3, 4], [0, 2, 4, 6, 8, 10, 12]])
 
 
 def _mask_mod_pairs():
@@ -533,6 +536,22 @@ def _mask_mod_pairs():
         ("or", rt.mask_mod.prefix_lm(np.array([2, 0, 7]), T, S) | rt.mask_mod.chunked(T, S, chunk_size=2),
          oracle.or_masks(oracle.prefix_lm_mask(np.array([2, 0, 7]), T, S), oracle.chunked_mask(T, S, chunk_size=2))),
         ("from-mask", rt.mask_mod.from_mask(causal_and_padding), causal_and_padding),
+        ("offsets-causal", rt.mask_mod.causal(T, S, offset=np.array([0, 2, -3])),
+         oracle.causal_mask(T, S, offset=np.array([0, 2, -3]))),
+        ("positions-window-unbounded-left", rt.mask_mod.sliding_window(window=(None, 1), q_positions=Q_POSITIONS,
+                                                                       kv_positions=np.arange(S)),
+         oracle.sliding_window_mask(window=(None, 1), q_positions=Q_POSITIONS, kv_positions=np.arange(S))),
+        ("positions-chunked", rt.mask_mod.chunked(chunk_size=2, q_positions=Q_POSITIONS[0], kv_positions=KV_POSITIONS),
+         oracle.chunked_mask(chunk_size=2, q_positions=Q_POSITIONS[0], kv_positions=KV_POSITIONS)),
+        ("offsets-prefix-lm", rt.mask_mod.prefix_lm(np.array([2, 0, 7]), T, S, offset=np.array([1, 0, -2])),
+         oracle.prefix_lm_mask(np.array([2, 0, 7]), T, S, offset=np.array([1, 0, -2]))),
+        ("window-unbounded-right", rt.mask_mod.sliding_window(T, S, window=(1, None)),
+         oracle.sliding_window_mask(T, S, window=(1, None))),
+        ("varlen-causal", rt.mask_mod.varlen(CU_Q, CU_K, causal=True), oracle.varlen_mask(CU_Q, CU_K, causal=True)),
+        ("varlen-window", rt.mask_mod.varlen(CU_Q, CU_K, window=(1, None)),
+         oracle.varlen_mask(CU_Q, CU_K, window=(1, None))),
+        ("varlen-self-padded", rt.mask_mod.varlen(np.array([0, 2, 4]), causal=True, total_q=T, total_k=S),
+         oracle.varlen_mask(np.array([0, 2, 4]), causal=True, total_q=T, total_k=S)),
     ]
     return pairs
 
@@ -566,6 +585,16 @@ def test_flex_attention_with_mask_mod_matches_oracle(name, mod, expected):
     assert_attention_close(out, expected_out, scale=float(np.abs(v).max()))
 
 
+@needs_flex
+def test_mask_mod_or_follows_or_masks_for_none_and_for_nothing():
+    causal = rt.mask_mod.causal(3)
+    assert rt.mask_mod.or_(None, causal) is None and oracle.or_masks(None, oracle.causal_mask(3)) is None
+    nothing = flex.create_mask(rt.mask_mod.or_(), 1, 1, 3, 4, device="cpu")
+    expected = oracle.or_masks()
+    assert expected is not None
+    assert torch.equal(nothing, torch.from_numpy(np.broadcast_to(expected, (1, 1, 3, 4)).copy()))
+
+
 @needs_flex  # block_mask() is create_block_mask
 def test_mask_mod_errors_are_the_constructors():
     with pytest.raises(ValueError) as expected:
@@ -582,3 +611,86 @@ def test_mask_mod_errors_are_the_constructors():
     assert rt.mask_mod.and_(None, None) is None
     with pytest.raises(ValueError, match="Q_LEN"):
         rt.mask_mod.padding_lengths(np.array([1]), 3).block_mask()
+
+
+# ----------------------------------------------------------------------------------------------
+# refmask.torch.score_mod with FlexAttention; softcap, sinks and lse under autograd
+
+T_S = (5, 7)
+
+
+def _score_mods():
+    """(id, score_mod, the attention(...) arguments it stands for)."""
+    t, s = T_S
+    alibi = oracle.alibi_bias(2, t, s, align="bottom_right", dtype="float64")
+    return [
+        ("softcap", rt.score_mod.softcap(1.5), {"softcap": 1.5}),
+        ("alibi-bottom_right", rt.score_mod.alibi(2, t, s, align="bottom_right"), {"bias": alibi}),
+        ("softcap-then-alibi", rt.score_mod.chain(rt.score_mod.softcap(1.5),
+                                                   rt.score_mod.alibi(2, t, s, align="bottom_right")),
+         {"softcap": 1.5, "bias": alibi}),
+    ]
+
+
+SCORE_MODS = _score_mods()
+
+
+@needs_flex
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile:UserWarning")
+@pytest.mark.parametrize("name, mod, kwargs", SCORE_MODS, ids=[m[0] for m in SCORE_MODS])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_flex_attention_with_score_mod_matches_oracle(name, mod, kwargs, dtype):
+    t, s = T_S
+    g = np.random.default_rng(0)
+    d = numpy_dtype(dtype)
+    q, k, v = (2 * g.standard_normal(shape).astype(d) for shape in ((2, 2, t, 8), (2, 2, s, 8), (2, 2, s, 8)))
+    causal = rt.mask_mod.causal(t, s, align="bottom_right")
+    block_mask = flex.create_block_mask(causal, None, None, t, s, device="cpu")
+    if hasattr(flex, "AuxRequest"):  # return_lse= is deprecated in favour of return_aux=
+        out, aux = flex.flex_attention(t_(q), t_(k), t_(v), score_mod=mod, block_mask=block_mask,
+                                       return_aux=flex.AuxRequest(lse=True))
+        lse = aux.lse
+    else:
+        out, lse = flex.flex_attention(t_(q), t_(k), t_(v), score_mod=mod, block_mask=block_mask, return_lse=True)
+    mask = oracle.causal_mask(t, s, align="bottom_right")
+    expected_out, expected_lse = oracle.attention(q, k, v, mask, return_lse=True, **kwargs)
+    assert_attention_close(out, expected_out, scale=float(np.abs(v).max()))
+    # flex_attention's lse is refmask's: natural log of the softmax denominator of the modified scores
+    assert_lse_close(lse, expected_lse)
+
+
+def t_(x):
+    return tb.from_numpy(np.asarray(x))
+
+
+def test_score_mods_name_what_they_compute():
+    assert repr(rt.score_mod.softcap(30)) == "ScoreMod(softcap(30.0))"
+    assert repr(rt.score_mod.alibi(4, 3, 5, align="bottom_right")) == "ScoreMod(alibi(4, 3, 5, shift=2))"
+    with pytest.raises(TypeError, match="callables"):
+        rt.score_mod.chain(rt.score_mod.softcap(1.0), cast(Any, "tanh"))
+
+
+@pytest.mark.parametrize("with_sinks, fully_masked", [(True, "nan"), (False, "zero")])
+def test_gradcheck_through_softcap_sinks_and_lse(with_sinks, fully_masked):
+    case = CASES["causal-T>S-bottom_right-fully-masked-rows"]  # its first queries keep no key
+    a = case.arrays("float64")
+    mask = t(case.mask())
+    bias = oracle.alibi_bias(case.heads, case.q_len, case.kv_len, align="bottom_right", dtype="float64")
+    inputs = [t(a["q"], True), t(a["k"], True), t(a["v"], True), t(bias, True)]
+    if with_sinks:
+        inputs.append(t(np.array([0.3, -0.5]), True))
+
+    def fn(q, k, v, bias, sinks=None):
+        out, lse = refmask.attention(q, k, v, mask, bias=bias, softcap=2.0, sinks=sinks,
+                                     fully_masked=fully_masked, return_lse=True)
+        return out, torch.where(torch.isfinite(lse), lse, 0.0)
+
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+    # Masked biases holding NaN change nothing: their gradient is exactly 0, every gradient finite.
+    keep = case.mask()
+    assert keep is not None
+    poisoned = t(np.where(keep, bias, np.nan), True)
+    out, lse = fn(*[*inputs[:3], poisoned, *inputs[4:]])
+    grads = torch.autograd.grad((out.sum() + lse.sum(),), [*inputs[:3], poisoned, *inputs[4:]])
+    assert all(bool(torch.isfinite(g).all()) for g in grads)
+    assert (grads[3][~mask.expand(grads[3].shape)] == 0).all()

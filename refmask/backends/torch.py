@@ -10,7 +10,8 @@ Conventions (the oracle's, see refmask/oracle.py for every definition):
 - float16 / bfloat16 scores are computed and normalised in float32 and rounded once to the input
   dtype; float32 and float64 are computed in their own precision;
 - fully-masked rows follow `fully_masked` ("zero", "uniform", "nan") and their gradient is exactly 0;
-  masked entries get exactly 0 gradient whatever their scores hold.
+  masked entries get exactly 0 gradient whatever their scores hold. attention_vjp is autograd of this
+  backend's attention on detached copies of the inputs (first order).
 
 The hot path of masked_softmax is the plain-torch idiom `softmax(scores.masked_fill(~mask, -inf))`
 plus a fix of the fully-masked rows only (found from the mask, at the mask's own shape): on CPU
@@ -100,41 +101,94 @@ def _positions(q_len: int, kv_len: int, shift: int, device: Any) -> tuple[torch.
     return i, j
 
 
+def _position_grid(p: arrays.PositionArgs, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query positions (..., T, 1) and key positions (..., 1, S) from position arrays, in int64."""
+    q = torch.arange(p.q_len, device=device) + p.shift if p.q_positions is None else p.q_positions.to(torch.int64)
+    if p.offset is not None:
+        q = q + p.offset.to(torch.int64)[:, None]
+    kv = torch.arange(p.kv_len, device=q.device) if p.kv_positions is None else p.kv_positions.to(torch.int64)
+    return q[..., :, None], kv[..., None, :]
+
+
+def _position_args(q_len: Any, kv_len: Any, align: Any, offset: Any, q_positions: Any, kv_positions: Any,
+                   device: Any) -> tuple[arrays.PositionArgs | None, Any]:
+    device = OPS.device(device)
+    p = arrays.position_args(OPS, q_len, kv_len, align, offset, q_positions, kv_positions, device)
+    if p is not None and device is None:
+        device = next(a.device for a in (p.offset, p.q_positions, p.kv_positions) if a is not None)
+    return p, device
+
+
+def _per_example(keep: torch.Tensor) -> torch.Tensor:
+    return keep[:, None] if keep.ndim == 3 else keep
+
+
 def causal_mask(
-    q_len: int, kv_len: int | None = None, *, align: str = "top_left", offset: int = 0, device: Any = None
+    q_len: int | None = None,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
+    device: Any = None,
 ) -> Mask:
+    p, device = _position_args(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+    if p is not None:
+        i, j = _position_grid(p, device)
+        return _per_example(j <= i)
     t, s = check.q_kv_lengths(q_len, kv_len)
     i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, offset), t, s), device)
     return j <= i
 
 
 def sliding_window_mask(
-    q_len: int,
+    q_len: int | None = None,
     kv_len: int | None = None,
     *,
-    window: int | tuple[int, int],
+    window: int | tuple[int | None, int | None],
     align: str = "top_left",
-    offset: int = 0,
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
     device: Any = None,
 ) -> Mask:
+    window = check.window(window)
+    p, device = _position_args(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+    if p is not None:
+        i, j = _position_grid(p, device)
+        left, right = check.position_window(window)
+        diff = j - i
+        keep = torch.ones(diff.shape, dtype=torch.bool, device=diff.device)
+        if left is not None:
+            keep &= diff >= -left
+        if right is not None:
+            keep &= diff <= right
+        return _per_example(keep)
     t, s = check.q_kv_lengths(q_len, kv_len)
-    left, right = check.window(window)
-    d = check.aligned_offset(align, t, s, offset)
+    lo, hi = check.window_diagonals(check.aligned_offset(align, t, s, offset), window, t, s)
     i, j = _positions(t, s, 0, device)
-    return (j >= i + check.diagonal(d - left, t, s)) & (j <= i + check.diagonal(d + right, t, s))
+    return (j >= i + lo) & (j <= i + hi)
 
 
 def chunked_mask(
-    q_len: int,
+    q_len: int | None = None,
     kv_len: int | None = None,
     *,
     chunk_size: int,
     align: str = "top_left",
-    offset: int = 0,
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
     device: Any = None,
 ) -> Mask:
-    t, s = check.q_kv_lengths(q_len, kv_len)
     c = check.integer("chunk_size", chunk_size, minimum=1)
+    p, device = _position_args(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+    if p is not None:
+        i, j = _position_grid(p, device)
+        c = check.position_chunk(c)
+        return _per_example(torch.div(i, c, rounding_mode="floor") == torch.div(j, c, rounding_mode="floor"))
+    t, s = check.q_kv_lengths(q_len, kv_len)
     c, d = check.chunks(check.aligned_offset(align, t, s, offset), c, t, s)
     i, j = _positions(t, s, d, device)
     # floor division, as the oracle (negative aligned positions fall in chunk -1, -2, ...)
@@ -201,22 +255,190 @@ def segment_mask(
 
 def prefix_lm_mask(
     prefix_lengths: Any,
-    q_len: int,
+    q_len: int | None = None,
     kv_len: int | None = None,
     *,
     align: str = "top_left",
+    offset: Any = 0,
+    q_positions: Any = None,
+    kv_positions: Any = None,
     device: Any = None,
 ) -> Mask:
-    t, s = check.q_kv_lengths(q_len, kv_len)
+    p, device = _position_args(q_len, kv_len, align, offset, q_positions, kv_positions, device)
+    t, s = check.q_kv_lengths(q_len, kv_len) if p is None else (p.q_len, p.kv_len)
     prefix = _integers("prefix_lengths", prefix_lengths)
     check.ndim("prefix_lengths", tuple(prefix.shape), 1, "(B,)")
     prefix = _tensor(_lengths("prefix_lengths", prefix, s), device)
-    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, 0), t, s), prefix.device)
+    if p is not None:
+        i, j = _position_grid(p, prefix.device)
+        check.per_example_batch("prefix_lengths", prefix.shape[0], (tuple(i.shape), tuple(j.shape)))
+        return (j[..., None, :, :] < prefix[:, None, None, None]) | (j <= i)[..., None, :, :]
+    i, j = _positions(t, s, check.diagonal(check.aligned_offset(align, t, s, offset), t, s), prefix.device)
     return (j < prefix[:, None, None, None]) | (j <= i)
 
 
 # ----------------------------------------------------------------------------------------------
 # converters between conventions
+
+
+# ----------------------------------------------------------------------------------------------
+# varlen batches and positions
+#
+# Results are made on the device of their array arguments. Values that set a result's shape
+# (cu_seqlens[-1], the count of valid tokens) are read on the host (one synchronisation), unless the
+# size is given (total=, total_q=, total_k=, num_segments=); under torch.compile it must be.
+
+
+def _cu_seqlens(name: str, x: Any) -> tuple[torch.Tensor, int | None]:
+    return arrays.cu_seqlens(OPS, name, x)
+
+
+def _token_segments(cu: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each of `total` packed tokens t: its sequence (-1 from cu[-1] on), its position t - cu[b] in it,
+    and b clipped to a real sequence (for gathers; cu holds at least one sequence)."""
+    cu = cu.to(torch.int64)
+    t = torch.arange(total, device=cu.device)
+    b = (torch.searchsorted(cu, t, right=True) - 1).clamp(0, cu.shape[0] - 2)
+    return torch.where(t < cu[-1], b, -1), t - cu[b], b
+
+
+def cu_seqlens(lengths: Any) -> torch.Tensor:
+    lengths = arrays.sequence_lengths(OPS, "lengths", lengths)
+    counts = torch.cumsum(lengths.to(torch.int64), dim=0).to(torch.int32)
+    return torch.nn.functional.pad(counts, (1, 0))
+
+
+def segment_ids_from_cu_seqlens(cu_seqlens: Any, total: int | None = None) -> torch.Tensor:
+    cu, last = _cu_seqlens("cu_seqlens", cu_seqlens)
+    n = arrays.packed_total("cu_seqlens", last, "total", total)
+    if cu.shape[0] == 1:
+        return torch.full((n,), -1, dtype=torch.int32, device=cu.device)
+    ids, _, _ = _token_segments(cu, n)
+    return ids.to(torch.int32)
+
+
+def cu_seqlens_from_segment_ids(segment_ids: Any, *, num_segments: int | None = None) -> torch.Tensor:
+    ids, n = arrays.packed_segment_ids(OPS, "segment_ids", segment_ids, num_segments)
+    ids = ids.to(torch.int64)
+    # Padding (-1) sorts after every sequence as n: the ids are then sorted, and cu[b] counts those below b.
+    ordered = torch.where(ids < 0, n, ids)
+    bounds = torch.arange(n + 1, device=ids.device)
+    return torch.searchsorted(ordered, bounds).to(torch.int32)
+
+
+def varlen_mask(
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any = None,
+    *,
+    causal: bool = False,
+    window: int | tuple[int | None, int | None] | None = None,
+    total_q: int | None = None,
+    total_k: int | None = None,
+) -> Mask:
+    device = _call_device({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k})
+    cu_q, last_q = arrays.cu_seqlens(OPS, "cu_seqlens_q", cu_seqlens_q, device)
+    if cu_seqlens_k is None:
+        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
+    else:
+        (cu_k, last_k), name_k = arrays.cu_seqlens(OPS, "cu_seqlens_k", cu_seqlens_k, cu_q.device), "cu_seqlens_k"
+        check.same_sequences("cu_seqlens_q", tuple(cu_q.shape), "cu_seqlens_k", tuple(cu_k.shape))
+    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
+    s = arrays.packed_total(name_k, last_k, "total_k", t if cu_seqlens_k is None and total_k is None else total_k)
+    lo, hi = check.varlen_bounds(causal, window, t, s)
+    if cu_q.shape[0] == 1:  # no sequence: every token is padding
+        return torch.zeros((t, s), dtype=torch.bool, device=cu_q.device)
+    seg_q, p, b = _token_segments(cu_q, t)
+    seg_k, q, _ = _token_segments(cu_k, s)
+    cu_q, cu_k = cu_q.to(torch.int64), cu_k.to(torch.int64)
+    shift = (cu_k[b + 1] - cu_k[b]) - (cu_q[b + 1] - cu_q[b])  # len_k - len_q of each query's sequence
+    d = q[None, :] - (p + shift)[:, None]
+    same = (seg_q[:, None] == seg_k[None, :]) & (seg_q >= 0)[:, None]
+    return same & (d >= lo) & (d <= hi)
+
+
+def unpad(x: Any, valid: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    x, valid = arrays.unpad_args(OPS, x, valid)
+    b, n = valid.shape
+    indices = torch.nonzero(valid.flatten(), as_tuple=False).flatten()
+    lengths = valid.sum(dim=-1, dtype=torch.int32)
+    max_len = int(lengths.max()) if b else 0
+    return x.reshape(b * n, *x.shape[2:])[indices], indices, cu_seqlens(lengths), max_len
+
+
+def pad(packed: Any, indices: Any, batch: int, max_len: int) -> torch.Tensor:
+    packed, indices, b, n = arrays.pad_args(OPS, packed, indices, batch, max_len)
+    rows = tuple(packed.shape[1:])
+    # int64 indices: index_put reads a uint8 or bool index tensor as a mask.
+    out = packed.new_zeros((b * n, *rows)).index_put((indices.to(torch.int64),), packed)
+    return out.reshape(b, n, *rows)
+
+
+def position_ids_from_padding(valid: Any) -> torch.Tensor:
+    valid = _bool_mask("valid", valid)
+    check.ndim("valid", tuple(valid.shape), 2, "(B, L)")
+    return (valid.cumsum(dim=-1, dtype=torch.int64) - 1).masked_fill(~valid, 1)
+
+
+def positions_in_segments(segment_ids: Any) -> torch.Tensor:
+    ids = _integers("segment_ids", segment_ids).to(torch.int64)
+    check.ndim("segment_ids", tuple(ids.shape), 2, "(B, L)")
+    t = torch.arange(ids.shape[1], device=ids.device)
+    starts = torch.ones(ids.shape, dtype=torch.bool, device=ids.device)
+    starts[:, 1:] = ids[:, 1:] != ids[:, :-1]
+    return t - torch.cummax(torch.where(starts, t, 0), dim=1).values
+
+
+def segment_ids_from_positions(position_ids: Any) -> torch.Tensor:
+    pos = _integers("position_ids", position_ids)
+    check.ndim("position_ids", tuple(pos.shape), 2, "(B, L)")
+    pos = pos.to(torch.int64)
+    # transformers' find_packed_sequence_indices, in int64.
+    diff = torch.diff(pos, dim=-1, prepend=pos[:, :1] - 1)
+    return (diff != 1).cumsum(dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# position biases (ALiBi)
+
+
+def _alibi_slopes(num_heads: int, device: torch.device | None) -> torch.Tensor:
+    """2^e per head: e = -8 h / P for h = 1..P (P the largest power of two <= H), then -8 (2i + 1) / (2P).
+
+    A table of H constants, made on the host from Python floats (as the paper's code makes them), in
+    float64 (float32 on MPS, which has no float64).
+    """
+    dtype = torch.float32 if device is not None and device.type == "mps" else torch.float64
+    p = 1 << (num_heads.bit_length() - 1)
+    exponents = [-8.0 * h / p for h in range(1, p + 1)] + [-4.0 * (2 * i + 1) / p for i in range(num_heads - p)]
+    return torch.tensor([2.0**e for e in exponents], dtype=dtype, device=device)
+
+
+def alibi_slopes(num_heads: int, *, dtype: Any = "float32", device: Any = None) -> torch.Tensor:
+    h = check.integer("num_heads", num_heads, minimum=1)
+    name = _dtypes.float_dtype("dtype", dtype)
+    return _alibi_slopes(h, OPS.device(device)).to(getattr(torch, name))
+
+
+def alibi_bias(
+    num_heads: int,
+    q_len: int,
+    kv_len: int | None = None,
+    *,
+    align: str = "top_left",
+    offset: int = 0,
+    dtype: Any = "float32",
+    device: Any = None,
+) -> torch.Tensor:
+    h = check.integer("num_heads", num_heads, minimum=1)
+    t, s = check.q_kv_lengths(q_len, kv_len)
+    d = check.aligned_offset(align, t, s, offset)
+    check.alibi_distances(d, t, s)
+    name = _dtypes.float_dtype("dtype", dtype)
+    slopes = _alibi_slopes(h, OPS.device(device))
+    i = torch.arange(t, dtype=slopes.dtype, device=slopes.device)
+    j = torch.arange(s, dtype=slopes.dtype, device=slopes.device)
+    distance = j[None, :] - (i[:, None] + float(d))
+    return (slopes[:, None, None] * distance).to(getattr(torch, name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,11 +481,42 @@ def _softmax_kept(x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy:
     return w.masked_fill_(~any_kept, value)
 
 
-def masked_softmax(scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero") -> torch.Tensor:
-    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked)
+def masked_softmax(
+    scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero", sinks: Any = None
+) -> torch.Tensor:
+    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks)
     x = c.scores.to(_compute_dtype(c.scores.dtype))
+    if c.sinks is not None:
+        sink = arrays.sink_column(OPS, c.sinks, tuple(c.scores.shape), c.axis)
+        w, _ = _softmax_with_sinks(x, c.mask, c.axis, sink.to(x.dtype), with_lse=False)
+        return w.to(c.scores.dtype)
     w = _softmax_kept(x, c.mask, c.axis, c.fully_masked, owned=x is not c.scores)
     return w.to(c.scores.dtype)
+
+
+def _softmax_with_sinks(
+    x: torch.Tensor, keep: torch.Tensor | None, axis: int, sink: torch.Tensor, *, with_lse: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """masked softmax of x along `axis` with a sink logit per row (broadcastable to x with `axis` of size 1),
+    and with_lse its log-sum-exp (axis kept, size 1): gpt-oss's idiom, the sink as one more kept column
+    whose weight is dropped. A row that keeps no key gets weights 0, whatever its sink."""
+    axis %= x.ndim
+    t = x if keep is None else x.masked_fill(~keep, -math.inf)
+    column_shape = list(t.shape)
+    column_shape[axis] = 1
+    full = torch.cat([t, sink.expand(column_shape)], dim=axis)
+    w = torch.softmax(full, axis).narrow(axis, 0, t.shape[axis])
+    lse = torch.logsumexp(full, axis, keepdim=True) if with_lse else None
+    if keep is not None:
+        k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
+        any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
+        w = torch.where(any_kept, w, 0.0)
+    return w, lse
+
+
+def _log_sum_exp(s: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The log of each row's softmax denominator over the kept scores (last axis), -inf for a row that keeps none."""
+    return torch.logsumexp(s if keep is None else s.masked_fill(~keep, -math.inf), -1)
 
 
 def _grouped(q: torch.Tensor, h_kv: int) -> torch.Tensor:
@@ -271,9 +524,11 @@ def _grouped(q: torch.Tensor, h_kv: int) -> torch.Tensor:
     return torch.unflatten(q, -3, (h_kv, q.shape[-3] // h_kv))
 
 
-def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
-    """scale * q @ k^T + bias in the compute dtype, (..., H, T, S). Grouped-query heads share k
-    by broadcasting (no copy of k)."""
+def _scores(
+    q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: float, softcap: float | None = None
+) -> torch.Tensor:
+    """softcap * tanh(scale * q @ k^T / softcap) + bias (without softcap: scale * q @ k^T + bias) in the
+    compute dtype, (..., H, T, S). Grouped-query heads share k by broadcasting (no copy of k)."""
     ct = _compute_dtype(q.dtype)
     q, k = q.to(ct), k.to(ct)
     if q.ndim >= 3 and k.shape[-3] != q.shape[-3]:
@@ -282,6 +537,11 @@ def _scores(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None, scale: 
         s = torch.matmul(q, k.transpose(-1, -2))
     # s is a fresh temporary: scale (and bias) in place; autograd does not need s itself.
     s = s.mul_(scale) if scale != 1.0 else s
+    if softcap is not None:
+        if torch.is_grad_enabled() and s.requires_grad:
+            s = torch.tanh(s.div_(softcap)).mul(softcap)  # tanh's backward reads its output: not in place
+        else:
+            s = s.div_(softcap).tanh_().mul_(softcap)
     if bias is not None:
         s = s.add_(bias.to(ct))
     return s
@@ -294,10 +554,19 @@ def _weights(
     bias: torch.Tensor | None,
     scale: float,
     fully_masked: str,
-) -> torch.Tensor:
-    """Attention weights in the compute dtype."""
-    s = _scores(q, k, bias, scale)
-    return _softmax_kept(s, keep, -1, fully_masked, owned=True)
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    with_lse: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention weights in the compute dtype, and with_lse their log-sum-exp (..., H, T) (else None).
+    sinks: as checked by arrays.checked_sinks (any floating dtype)."""
+    s = _scores(q, k, bias, scale, softcap)
+    if sinks is not None:
+        sink = arrays.sink_column(OPS, sinks, tuple(s.shape)).to(s.dtype)
+        w, lse = _softmax_with_sinks(s, keep, -1, sink, with_lse=with_lse)
+        return w, None if lse is None else lse.squeeze(-1)
+    lse = _log_sum_exp(s, keep) if with_lse else None  # before the softmax, which may overwrite s
+    return _softmax_kept(s, keep, -1, fully_masked, owned=True), lse
 
 
 def _apply_values(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -308,10 +577,19 @@ def _apply_values(w: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def attention_weights(
-    q: Any, k: Any, mask: Any = None, *, bias: Any = None, scale: float | None = None, fully_masked: str = "zero"
+    q: Any,
+    k: Any,
+    mask: Any = None,
+    *,
+    bias: Any = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Any = None,
+    fully_masked: str = "zero",
 ) -> torch.Tensor:
-    c = arrays.attention_call(OPS, {"q": q, "k": k}, mask, bias, scale, fully_masked)
-    return _weights(c.q, c.k, c.mask, c.bias, c.scale, c.fully_masked).to(c.q.dtype)
+    c = arrays.attention_call(OPS, {"q": q, "k": k}, mask, bias, scale, fully_masked, softcap=softcap, sinks=sinks)
+    w, _ = _weights(c.q, c.k, c.mask, c.bias, c.scale, c.fully_masked, c.softcap, c.sinks)
+    return w.to(c.q.dtype)
 
 
 def attention(
@@ -322,16 +600,25 @@ def attention(
     *,
     bias: Any = None,
     scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Any = None,
     is_causal: bool = False,
     fully_masked: str = "zero",
     return_weights: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    c = arrays.attention_call(OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights)
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    c = arrays.attention_call(
+        OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights,
+        softcap=softcap, sinks=sinks, return_lse=return_lse,
+    )
     keep = c.mask
     if c.is_causal:
         causal = causal_mask(c.shape[-2], c.shape[-1], device=c.q.device)
         keep = causal if keep is None else keep & causal
-    return _attend(c.q, c.k, c.v, keep, c.bias, c.scale, c.fully_masked, c.return_weights)
+    return _attend(
+        c.q, c.k, c.v, keep, c.bias, c.scale, c.fully_masked, c.return_weights,
+        softcap=c.softcap, sinks=c.sinks, return_lse=c.return_lse,
+    )
 
 
 def _attend(
@@ -343,12 +630,47 @@ def _attend(
     scale: float,
     fully_masked: str,
     return_weights: bool,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    w = _weights(q, k, keep, bias, scale, fully_masked)
+    *,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    w, lse = _weights(q, k, keep, bias, scale, fully_masked, softcap, sinks, return_lse)
     out = _apply_values(w, v).to(q.dtype)
-    if return_weights:
-        return out, w.to(q.dtype)
-    return out
+    parts = [out] + ([w.to(q.dtype)] if return_weights else []) + ([lse] if lse is not None else [])
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients of attention
+
+
+def attention_vjp(
+    q: Any,
+    k: Any,
+    v: Any,
+    mask: Any,
+    d_out: Any,
+    *,
+    bias: Any = None,
+    scale: float | None = None,
+    softcap: float | None = None,
+    sinks: Any = None,
+    fully_masked: str = "zero",
+) -> arrays.AttentionGrads[torch.Tensor]:
+    c = arrays.attention_vjp_call(OPS, {"q": q, "k": k, "v": v}, mask, d_out, bias, scale, fully_masked, softcap, sinks)
+    a = c.attention
+    given = {"q": a.q, "k": a.k, "v": a.v, "bias": a.bias, "sinks": a.sinks}
+    with torch.enable_grad():
+        # Leaves of our own: the gradient is of this call alone, whatever graph the inputs belong to.
+        leaves = {name: x.detach().requires_grad_(True) for name, x in given.items() if x is not None}
+        out = _attend(
+            leaves["q"], leaves["k"], leaves["v"], a.mask, leaves.get("bias"), a.scale, a.fully_masked, False,
+            softcap=a.softcap, sinks=leaves.get("sinks"),
+        )
+        grads = torch.autograd.grad(out, list(leaves.values()), c.d_out, allow_unused=True, materialize_grads=True)
+    named = dict(zip(leaves, grads, strict=True))
+    return arrays.AttentionGrads(named["q"], named["k"], named["v"], named.get("bias"), named.get("sinks"))
 
 
 _backends.loaded(__name__)  # last: the registry hands this module out only once it is complete

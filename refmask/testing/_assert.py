@@ -15,7 +15,7 @@ hint when the pattern points at a classic bug.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 from .. import _dtypes
 from .. import _validate as check
 from .._backends import to_numpy
+from . import _grid, _tree
 from . import tolerances as tol
 
 _INT_OF_WIDTH: dict[int, type[np.signedinteger[Any]]] = {2: np.int16, 4: np.int32, 8: np.int64}
@@ -84,9 +85,11 @@ class Mismatch:
     actual_row: np.ndarray | None = None
     expected_row: np.ndarray | None = None
     hint: str | None = None
+    grid: str = ""
+    trailing: tuple[str, ...] = ()  # names of the last axes, when not (head, query, last_axis)
 
     def report(self, what: str) -> str:
-        where = index_names(self.index, self.last_axis)
+        where = index_names(self.index, self.last_axis, self.trailing or None)
         ulp = "ULP distance undefined (NaN)" if np.isnan(self.ulp) else f"{self.ulp:g} ULP apart"
         lines = [
             f"{what}: {self.count} of {self.total} entries differ ({self.kind})",
@@ -101,6 +104,8 @@ class Mismatch:
         if self.actual_row is not None and self.expected_row is not None:
             lines.append(f"  that row, actual: {_fmt_row(self.actual_row)}")
             lines.append(f"  that row, oracle: {_fmt_row(self.expected_row)}")
+        if self.grid:
+            lines.append(self.grid)
         if self.hint:
             lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
@@ -114,16 +119,27 @@ class MismatchError(AssertionError):
         self.mismatch = mismatch
 
 
-def index_names(index: tuple[int, ...], last_axis: str = "key") -> str:
-    """(batch=1, head=0, query=2, key=3): the last three axes are head, query and `last_axis`,
+def axis_names(ndim: int, last_axis: str = "key", trailing: tuple[str, ...] | None = None) -> list[str]:
+    """The names of an array's axes: the last ones `trailing` (default head, query, `last_axis`),
     any before them batch axes (batch, or batch0, batch1, ... when there are several)."""
-    n = len(index)
-    if n == 0:
-        return "()"
-    tail = ["head", "query", last_axis][-min(n, 3) :] if n >= 2 else [last_axis]
-    lead = n - len(tail)
-    batch = ["batch"] if lead == 1 else [f"batch{i}" for i in range(lead)]
-    return "(" + ", ".join(f"{name}={int(i)}" for name, i in zip(batch + tail, index, strict=True)) + ")"
+    if ndim == 0:
+        return []
+    names = ("head", "query", last_axis) if trailing is None else trailing
+    tail = list(names[-min(ndim, len(names)) :]) if ndim >= 2 else [names[-1]]
+    lead = ndim - len(tail)
+    return (["batch"] if lead == 1 else [f"batch{i}" for i in range(lead)]) + tail
+
+
+# The axes of attention's gradients, as a report names them (dk and dv run over keys).
+GRADIENT_AXES = {"dq": ("head", "query", "dim"), "dk": ("head", "key", "dim"), "dv": ("head", "key", "dim"),
+                 "dbias": ("head", "query", "key"), "dsinks": ("head",)}
+
+
+def index_names(index: tuple[int, ...], last_axis: str = "key", trailing: tuple[str, ...] | None = None) -> str:
+    """(batch=1, head=0, query=2, key=3): the last three axes are head, query and `last_axis` (or
+    `trailing`), any before them batch axes (batch, or batch0, batch1, ... when there are several)."""
+    names = axis_names(len(index), last_axis, trailing)
+    return "(" + ", ".join(f"{name}={int(i)}" for name, i in zip(names, index, strict=True)) + ")"
 
 
 def _fmt_row(row: np.ndarray) -> str:
@@ -158,20 +174,38 @@ def _worst(
     *,
     weights: bool,
     hint: str | None = None,
+    lse: bool = False,
+    trailing: tuple[str, ...] | None = None,
 ) -> Mismatch:
     score = np.where(bad, np.nan_to_num(np.asarray(score, dtype=np.float64), nan=np.inf), -np.inf)
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), a.shape))
     ulp = float(ulp_distance(a[index][None], e[index][None].astype(a.dtype))[0])
     fully = masked = None
-    keep = _keep_for(mask, a.shape[:-1], a.shape[-1] if weights else None) if a.ndim else None
-    if keep is not None:
-        row_keep = keep[index[:-1]]
-        fully = not bool(row_keep.any())
-        masked = (not bool(row_keep[index[-1]])) if weights else None
+    # For the grid: the entries the mask drops, the rows with no kept key.
+    dropped: np.ndarray | None = None
+    empty_rows: np.ndarray | None = None
+    if lse:
+        # lse (..., H, T): one entry per row of the scores (..., H, T, S).
+        keep = _keep_for(mask, a.shape, None) if a.ndim else None
+        if keep is not None:
+            dropped = np.asarray(~keep.any(axis=-1))
+            fully = bool(dropped[index])
+    else:
+        keep = _keep_for(mask, a.shape[:-1], a.shape[-1] if weights else None) if a.ndim else None
+        if keep is not None:
+            row_keep = keep[index[:-1]]
+            fully = not bool(row_keep.any())
+            masked = (not bool(row_keep[index[-1]])) if weights else None
+            empty_rows = np.asarray(~keep.any(axis=-1))
+            dropped = np.asarray(~keep) if weights else None
     actual_row = expected_row = None
     if a.ndim and a.shape[-1] <= _PRINT_ROW_MAX:
         actual_row, expected_row = a[index[:-1]], e[index[:-1]]
-    hint = hint or _hint(a, e, index, fully, masked, weights)
+    trailing = trailing or (("head", "query") if lse else ())
+    last_axis = trailing[-1] if trailing else "key" if weights else "dim"
+    grid = _grid.draw(bad, index, axis_names(a.ndim, last_axis, trailing or None), masked=dropped,
+                      fully_masked_rows=empty_rows, masked_label="no kept key" if lse else "masked")
+    hint = hint or (_lse_hint(a, e, index, fully) if lse else _hint(a, e, index, fully, masked, weights))
     return Mismatch(
         kind,
         int(bad.sum()),
@@ -182,10 +216,12 @@ def _worst(
         ulp,
         fully,
         masked,
-        "key" if weights else "dim",
+        last_axis,
         actual_row,
         expected_row,
         hint,
+        grid,
+        trailing,
     )
 
 
@@ -217,6 +253,9 @@ def _hint(a: np.ndarray, e: np.ndarray, index: tuple[int, ...], fully: bool | No
                 return f"this row's weights sum to {total:.4g}, not 1: is the mask applied after the softmax?"
             return f"this row's weights sum to {total:.4g}, not 1"
     if np.isnan(av) and not np.isnan(ev):
+        if fully is None:  # no mask to tell (a gradient's entry gathers many rows)
+            return ("NaN where the oracle has a number: overflow in exp (no max subtraction?), a NaN/inf in masked "
+                    "scores, or exp(-inf - -inf) in a row with no kept key")
         return "NaN in a row that has kept keys: overflow in exp (no max subtraction?) or a NaN/inf in masked scores"
     return None
 
@@ -298,12 +337,13 @@ def _float32_output_hint(a64: np.ndarray, e64: np.ndarray, bad: np.ndarray, ref:
     return _FLOAT32_HINT if bool((np.abs(a64[bad] - e64[bad]) <= allowed).all()) else None
 
 
-def _check_nans(what: str, a: np.ndarray, e: np.ndarray, mask: Any, *, weights: bool) -> None:
+def _check_nans(what: str, a: np.ndarray, e: np.ndarray, mask: Any, *, weights: bool,
+                trailing: tuple[str, ...] | None = None) -> None:
     __tracebackhide__ = True
     nan_differs = np.isnan(a.astype(np.float64)) != np.isnan(e.astype(np.float64))
     if nan_differs.any():
         _raise(what, _worst("NaN where the oracle has none, or the reverse", nan_differs,
-                            nan_differs.astype(float), a, e, mask, weights=weights))
+                            nan_differs.astype(float), a, e, mask, weights=weights, trailing=trailing))
 
 
 def _check_zeros(
@@ -319,18 +359,39 @@ def _check_zeros(
                             weights=weights))
 
 
+def _compare_each_leaf(what: str, actual: Any, expected: Any, err_msg: str,
+                       compare: Callable[[str, Any, Any], None]) -> None:
+    """compare(what + path, a, e) for each pair of leaves of two nested results (_tree.pairs), the
+    structure checked first; err_msg put before any report."""
+    __tracebackhide__ = True
+    if not isinstance(err_msg, str):
+        raise TypeError(f"err_msg must be a str; got {type(err_msg).__name__} {err_msg!r}")
+    try:
+        for path, a, e in list(_tree.pairs(actual, expected, what)):
+            compare(what + path, a, e)
+    except MismatchError as err:
+        if not err_msg:
+            raise
+        raise MismatchError(_tree.with_message(err_msg, str(err)), err.mismatch) from None
+    except AssertionError as err:
+        if not err_msg:
+            raise
+        raise AssertionError(_tree.with_message(err_msg, str(err))) from None
+
+
 @tol.checks_tolerances
 def assert_weights_close(
     actual: Any,
     expected: Any,
+    rtol: float | None = None,
+    atol: float | None = None,
     *,
     dtype: Any = None,
     max_ulp: float | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
     mask: Any = None,
     table: Mapping[str, float] | None = None,
     scores: Any = None,
+    err_msg: str = "",
 ) -> None:
     """Assert attention weights (or a masked softmax) equal the oracle's.
 
@@ -341,7 +402,11 @@ def assert_weights_close(
     what the policy gives (without `mask`, rows whose oracle weights are all 0 count as fully masked).
 
     actual, expected: NumPy, jax or torch arrays (any mix) of float16, bfloat16, float32 or
-      float64, (..., H, T, S); pass the oracle's as `expected`.
+      float64, (..., H, T, S); pass the oracle's as `expected`. Or two nested structures of them
+      (tuples, lists, dicts, NamedTuples), compared leaf by leaf: the report names the leaf by its
+      path ("weights[1]", "weights['w']"), and a structure that differs is reported as such.
+    rtol, atol (positional, as in numpy.testing.assert_allclose): when given, replace the ULP test
+      by |actual - expected| <= atol + rtol * |expected|.
     dtype: the dtype actual must have (default: expected's).
     max_ulp, rtol, atol, table entries: finite numbers >= 0 (anything else raises ValueError or
       TypeError naming the argument); max_ulp and rtol/atol are alternatives.
@@ -349,17 +414,28 @@ def assert_weights_close(
     scores: the scores a masked softmax was computed from; when given (and max_ulp is not), each
       entry's bound is tolerances.softmax_max_ulp(dtype, scores, mask), which accounts for the
       rounding of x - max that exp amplifies in any implementation working in float32 or float64.
-    rtol, atol: when given, replace the ULP test by |actual - expected| <= atol + rtol * |expected|.
     mask: the boolean mask (True = attend, broadcastable to the weights); lets the report say
       whether the worst entry is masked and its row fully masked, and keeps masked weights exact.
+    err_msg: a line put first in the report (numpy.testing's err_msg).
     """
     __tracebackhide__ = True
+
+    def compare(what: str, a: Any, e: Any) -> None:
+        __tracebackhide__ = True
+        _weights_close(what, a, e, dtype, max_ulp, rtol, atol, mask, table, scores)
+
+    _compare_each_leaf("weights", actual, expected, err_msg, compare)
+
+
+def _weights_close(what: str, actual: Any, expected: Any, dtype: Any, max_ulp: float | None, rtol: float | None,
+                   atol: float | None, mask: Any, table: Mapping[str, float] | None, scores: Any) -> None:
+    __tracebackhide__ = True
     a, e = _as_numpy(actual), _as_numpy(expected)
-    _check_shape_and_dtype("weights", a, e, dtype)
+    _check_shape_and_dtype(what, a, e, dtype)
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
-    _check_nans("weights", a, e, mask, weights=True)
+    _check_nans(what, a, e, mask, weights=True)
     flushed = _flushed(a, e, mask, weights=True)
-    _check_zeros("weights", a, e, mask, ~flushed, weights=True)
+    _check_zeros(what, a, e, mask, ~flushed, weights=True)
     if rtol is not None or atol is not None:
         a64, e64 = a.astype(np.float64), e.astype(np.float64)
         excess = np.abs(a64 - e64) - ((atol or 0.0) + (rtol or 0.0) * np.abs(e64))
@@ -379,7 +455,7 @@ def assert_weights_close(
     bad &= ~flushed
     if bad.any():
         hint = _float32_weights_hint(a, e, bad, table, scores if max_ulp is None else None, mask)
-        _raise("weights", _worst(kind, bad, excess, a, e, mask, weights=True, hint=hint))
+        _raise(what, _worst(kind, bad, excess, a, e, mask, weights=True, hint=hint))
 
 
 def weights_error(actual: Any, expected: Any, *, mask: Any = None) -> float:
@@ -422,14 +498,15 @@ def _output_scale(e64: np.ndarray) -> float:
 def assert_attention_close(
     actual: Any,
     expected: Any,
+    rtol: float | None = None,
+    atol: float | None = None,
     *,
     dtype: Any = None,
     max_ulp: float | None = None,
     scale: float | None = None,
-    rtol: float | None = None,
-    atol: float | None = None,
     mask: Any = None,
     fully_masked: str = "zero",
+    err_msg: str = "",
 ) -> None:
     """Assert attention outputs equal the oracle's.
 
@@ -440,29 +517,44 @@ def assert_attention_close(
     fully-masked rows of `mask`.
 
     actual, expected: NumPy, jax or torch arrays of float16, bfloat16, float32 or float64,
-      (..., H, T, Dv); pass the oracle's as `expected`.
+      (..., H, T, Dv); pass the oracle's as `expected`. Or two nested structures of them (tuples,
+      lists, dicts, NamedTuples), compared leaf by leaf: the report names the leaf by its path
+      ("output[1]", "output['x']"), and a structure that differs is reported as such.
+    rtol, atol (positional, as in numpy.testing.assert_allclose): replace the ULP test.
     max_ulp, scale, rtol, atol: finite numbers >= 0 (anything else raises ValueError or TypeError
       naming the argument); max_ulp and rtol/atol are alternatives.
     max_ulp: default tolerances.ATTENTION_OUTPUT_MAX_ULP[dtype].
-    scale: default the largest finite |expected|; pass max|v| when you have it (outputs can cancel
-      to near 0, so a relative test is meaningless there).
+    scale: default the largest finite |expected| (of each leaf); pass max|v| when you have it
+      (outputs can cancel to near 0, so a relative test is meaningless there).
     mask: the boolean mask (broadcastable to the scores (..., H, T, S)); lets the report say whether
       the worst entry's row is fully masked.
     fully_masked: the policy the outputs were computed under. Under "zero" the mask decides a
       fully-masked row (exactly 0); under "uniform" the row is the mean of v, a computed value compared
       like any other (it may cancel to near 0), and under "nan" the NaN check covers it.
+    err_msg: a line put first in the report (numpy.testing's err_msg).
     """
     __tracebackhide__ = True
     check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
+
+    def compare(what: str, a: Any, e: Any) -> None:
+        __tracebackhide__ = True
+        _attention_close(what, a, e, dtype, max_ulp, scale, rtol, atol, mask, fully_masked)
+
+    _compare_each_leaf("output", actual, expected, err_msg, compare)
+
+
+def _attention_close(what: str, actual: Any, expected: Any, dtype: Any, max_ulp: float | None, scale: float | None,
+                     rtol: float | None, atol: float | None, mask: Any, fully_masked: str) -> None:
+    __tracebackhide__ = True
     mask_decides = mask if fully_masked == "zero" else None
     a, e = _as_numpy(actual), _as_numpy(expected)
-    _check_shape_and_dtype("output", a, e, dtype)
+    _check_shape_and_dtype(what, a, e, dtype)
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
-    _check_nans("output", a, e, mask, weights=False)
+    _check_nans(what, a, e, mask, weights=False)
     keep = _keep_for(mask_decides, a.shape[:-1], None) if a.ndim else None
     if keep is not None:
         fully_masked_rows = ~keep.any(axis=-1, keepdims=True) & (e.astype(np.float64) == 0)
-        _check_zeros("output", a, e, mask, np.broadcast_to(fully_masked_rows, a.shape), weights=False)
+        _check_zeros(what, a, e, mask, np.broadcast_to(fully_masked_rows, a.shape), weights=False)
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     ref = _output_scale(e64) if scale is None else float(scale)
     allowed: np.ndarray | float
@@ -480,4 +572,203 @@ def assert_attention_close(
     bad = excess > 0
     if bad.any():
         hint = _float32_output_hint(a64, e64, bad, ref) if a.dtype == np.float64 else None
-        _raise("output", _worst(kind, bad, excess, a, e, mask, weights=False, hint=hint))
+        _raise(what, _worst(kind, bad, excess, a, e, mask, weights=False, hint=hint))
+
+
+def _lse_hint(a: np.ndarray, e: np.ndarray, index: tuple[int, ...], fully: bool | None) -> str | None:
+    """A guess at the bug behind the worst lse entry."""
+    av, ev = float(a[index]), float(e[index])
+    if fully or (ev == -np.inf and fully is None):
+        if av == np.inf:
+            return ("this row has no kept key, so its lse is log(0) = -inf; +inf (flash-attn's convention "
+                    "outside split-KV) makes a merge of partial results (logaddexp, as split-KV and ring "
+                    "attention combine them) drop every key of the other part")
+        if np.isfinite(av):
+            return ("this row has no kept key, so its lse is log(0) = -inf; a finite value comes from a guarded "
+                    "row sum (log(max(l, tiny)), or l = 1 where l = 0) or a finite initial maximum such as -1e30")
+    if av == -np.inf and np.isfinite(ev):
+        return "lse -inf in a row with a kept key: the row sum underflowed to 0 (scores not shifted by their max?)"
+    if np.isnan(av) and not np.isnan(ev):
+        return "NaN lse in a row with a kept key: overflow in exp (no max subtraction?) or -inf - -inf"
+    return None
+
+
+@tol.checks_tolerances
+def assert_lse_close(
+    actual: Any,
+    expected: Any,
+    rtol: float | None = None,
+    atol: float | None = None,
+    *,
+    dtype: Any = None,
+    max_ulp: float | None = None,
+    scale: float | None = None,
+    mask: Any = None,
+    err_msg: str = "",
+) -> None:
+    """Assert the log-sum-exp of each row of scores (the `lse` a flash-style kernel saves for its
+    backward) equals the oracle's, as refmask.attention(..., return_lse=True) returns it.
+
+    lse (..., H, T): log of the sum of exp over the row's kept scores; -inf (log 0) for a row with
+    no kept key. Structure exactly (shape, dtype, the same entries NaN, the same entries infinite,
+    of the same sign), then values within max_ulp * eps(dtype) * scale, or, when rtol/atol are
+    given, atol + rtol * |expected|.
+
+    actual, expected: NumPy, jax or torch arrays (or nested structures of them, compared leaf by
+      leaf); pass the oracle's as `expected`.
+    rtol, atol (positional, as in numpy.testing.assert_allclose): replace the ULP test.
+    max_ulp: default tolerances.LSE_MAX_ULP[dtype]; scale: default max(1, largest finite |expected|).
+    max_ulp, scale, rtol, atol: finite numbers >= 0; max_ulp and rtol/atol are alternatives.
+    mask: the boolean mask (broadcastable to the scores (..., H, T, S)); lets the report say whether
+      the worst entry's row has a kept key.
+    err_msg: a line put first in the report (numpy.testing's err_msg).
+    """
+    __tracebackhide__ = True
+
+    def compare(what: str, a: Any, e: Any) -> None:
+        __tracebackhide__ = True
+        _lse_close(what, a, e, dtype, max_ulp, scale, rtol, atol, mask)
+
+    _compare_each_leaf("lse", actual, expected, err_msg, compare)
+
+
+def _lse_close(what: str, actual: Any, expected: Any, dtype: Any, max_ulp: float | None, scale: float | None,
+               rtol: float | None, atol: float | None, mask: Any) -> None:
+    __tracebackhide__ = True
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    _check_shape_and_dtype(what, a, e, dtype)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    nan_differs = np.isnan(a64) != np.isnan(e64)
+    if nan_differs.any():
+        _raise(what, _worst("NaN where the oracle has none, or the reverse", nan_differs, nan_differs.astype(float),
+                            a, e, mask, weights=False, lse=True))
+    with np.errstate(invalid="ignore"):
+        inf_differs = (np.isinf(a64) | np.isinf(e64)) & (a64 != e64) & ~np.isnan(e64)
+    if inf_differs.any():
+        _raise(what, _worst("infinite in one and not the other, or of the other sign", inf_differs,
+                            inf_differs.astype(float), a, e, mask, weights=False, lse=True))
+    ref = max(1.0, _output_scale(e64)) if scale is None else float(scale)
+    allowed: np.ndarray | float
+    if rtol is not None or atol is not None:
+        allowed = (atol or 0.0) + (rtol or 0.0) * np.abs(e64)
+        kind = f"beyond atol={atol} rtol={rtol}"
+    else:
+        bound = max_ulp if max_ulp is not None else tol.tolerance(tol.LSE_MAX_ULP, a.dtype)
+        allowed = bound * tol.eps(a.dtype) * ref
+        kind = f"more than {bound:g} * eps * {ref:g} apart"
+    with np.errstate(invalid="ignore"):
+        excess = np.where(np.isfinite(e64), np.abs(a64 - e64) - allowed, -np.inf)
+    bad = excess > 0
+    if bad.any():
+        _raise(what, _worst(kind, bad, excess, a, e, mask, weights=False, lse=True))
+
+
+def lse_error(actual: Any, expected: Any) -> float:
+    """Largest |actual - expected| over finite entries in units of eps(dtype) * max(1, largest finite
+    |expected|): the number assert_lse_close bounds."""
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    finite = np.isfinite(e64) & np.isfinite(a64)
+    worst = float(np.abs(a64[finite] - e64[finite]).max(initial=0.0))
+    return worst / (tol.eps(a.dtype) * max(1.0, _output_scale(e64)))
+
+
+# ----------------------------------------------------------------------------------------------
+# gradients
+
+
+def _gradient_bounds(
+    a: np.ndarray, e64: np.ndarray, terms: Any, scale: float | None, max_ulp: float | None, precision: Any
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(terms per entry, allowed |actual - expected| per entry, the ULP bound) of a gradient comparison."""
+    p = _precision(a.dtype, precision)
+    if terms is not None:
+        t = np.broadcast_to(np.asarray(to_numpy(terms)).astype(np.float64), a.shape)
+        with np.errstate(invalid="ignore"):
+            if bool((t < 0).any()) or bool(np.isinf(t).any()):
+                raise ValueError("terms must hold magnitudes: numbers >= 0 (NaN where the gradient is NaN)")
+    else:
+        ref = _output_scale(e64) if scale is None else float(scale)
+        t = np.full(a.shape, ref)
+    bound = max_ulp if max_ulp is not None else tol.tolerance(tol.GRADIENT_MAX_ULP, p)
+    allowed = np.where(t == 0, 0.0, bound * tol.eps(p) * t + tol.gradient_allowance(p))
+    return t, allowed, bound
+
+
+def _precision(dtype: Any, precision: Any) -> str:
+    """The coarser of a gradient's dtype and the precision it was computed in (None: its own dtype)."""
+    own = tol.dtype_name(dtype)
+    if precision is None:
+        return own
+    other = tol.dtype_name(precision)
+    return other if tol.eps(other) > tol.eps(own) else own
+
+
+@tol.checks_tolerances
+def assert_gradients_close(
+    actual: Any,
+    expected: Any,
+    *,
+    terms: Any = None,
+    scale: float | None = None,
+    max_ulp: float | None = None,
+    precision: Any = None,
+    name: str = "gradient",
+) -> None:
+    """Assert a gradient of attention equals the oracle's (refmask.attention_vjp's).
+
+    Structure exactly (shape, dtype, the same entries NaN, and exactly expected's value wherever the
+    entry has no term, terms == 0: masked entries, rows with no kept key), then
+    |actual - expected| <= max_ulp * eps(dtype) * terms + tolerances.gradient_allowance(dtype).
+    A gradient entry is a sum that cancels, so its error is relative to the magnitude of its terms,
+    not to its value: pass them as `terms`.
+
+    actual, expected: NumPy, jax or torch arrays of float16, bfloat16, float32 or float64; pass the
+      oracle's as `expected`.
+    terms: per entry, the sum of the magnitudes of the terms it sums (an array broadcastable to the
+      gradient, as attention_gradient_terms gives); or `scale`, one number for every entry. Neither:
+      the largest finite |expected| (weaker: a gradient can cancel far below its terms).
+    max_ulp: default tolerances.GRADIENT_MAX_ULP[dtype]; with scale, a finite number >= 0.
+    precision: the dtype the gradient was computed in, when coarser than its own: eps, max_ulp's default
+      and the allowance are then that dtype's. A backend computes in q's precision
+      (tolerances.COMPUTE_DTYPE), so a float64 bias or sinks beside float32 q gets a float64 gradient
+      accurate to float32: pass precision=COMPUTE_DTYPE[q's dtype].
+    name: what the report calls the array ("dq", "dbias", ...).
+    """
+    __tracebackhide__ = True
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    _check_shape_and_dtype(name, a, e, None)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    _check_nans(name, a, e, None, weights=False, trailing=GRADIENT_AXES.get(name))
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    t, allowed, bound = _gradient_bounds(a, e64, terms, scale, max_ulp, precision)
+    with np.errstate(invalid="ignore"):
+        excess = np.where(np.isnan(e64), -np.inf, np.abs(a64 - e64) - allowed)
+    bad = excess > 0
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(np.where(bad, excess, -np.inf))), a.shape)
+        kind = ("not exactly the oracle's where no term contributes (terms 0)" if t[index] == 0
+                else f"more than {bound:g} * eps * terms apart")
+        _raise(name, _worst(kind, bad, excess, a, e, None, weights=False, trailing=GRADIENT_AXES.get(name)))
+
+
+@tol.checks_tolerances
+def gradient_error(
+    actual: Any, expected: Any, *, terms: Any = None, scale: float | None = None, precision: Any = None
+) -> tuple[float, float]:
+    """(largest |actual - expected| in units of eps * terms, eps that of the coarser of actual's dtype and
+    `precision`, largest |actual - expected|) over
+    the entries assert_gradients_close bounds by a ULP count: not NaN, terms > 0, and beyond
+    tolerances.gradient_allowance. Where terms is 0 any difference counts as infinitely many units."""
+    a, e = _as_numpy(actual), _as_numpy(expected)
+    e = e.astype(a.dtype) if e.dtype != a.dtype else e
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    t, _, _ = _gradient_bounds(a, e64, terms, scale, 0.0, precision)
+    p = _precision(a.dtype, precision)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        diff = np.where(np.isnan(e64), 0.0, np.abs(a64 - e64))
+        counted = np.where(diff > tol.gradient_allowance(p), diff, 0.0)
+        units = np.where(counted > 0, counted / (tol.eps(p) * t), 0.0)
+    return float(units.max(initial=0.0)), float(diff.max(initial=0.0))

@@ -1,7 +1,7 @@
 """The shared catalogue of cases that every backend (and a user's kernel) is held against the oracle on.
 
-- MASK_CALLS: calls of the public mask constructors and converters, with NumPy arguments; a
-  backend's result must equal the oracle's bit for bit.
+- MASK_CALLS: calls of the public mask constructors, converters and varlen helpers, with NumPy
+  arguments; a backend's result must equal the oracle's bit for bit.
 - ATTENTION_CASES: attention problems (shapes + a canonical mask built by the oracle) covering every
   mask kind, T != S, T = 1, S = 1, zero-length axes, left and right padding, grouped-query heads, a
   fully-masked row and a fully-masked batch item. `arrays()` draws q, k, v and scores from a seed.
@@ -104,6 +104,21 @@ MASK_CALLS: tuple[MaskCall, ...] = (
     MaskCall("chunked", "chunked_mask", (10,), {"chunk_size": 4}),
     MaskCall("chunked-bottom_right", "chunked_mask", (3, 10), {"chunk_size": 4, "align": "bottom_right"}),
     MaskCall("chunked-negative-offset", "chunked_mask", (5, 5), {"chunk_size": 2, "offset": -3}),
+    # per-example offsets: a static KV cache with nonpad lengths (3, 5) and T = 2 queries (ONNX nonpad_kv_seqlen)
+    MaskCall("causal-per-example-offset", "causal_mask", (2, 5), {"offset": _a(1, 3)}),
+    MaskCall("window-per-example-offset-unbounded-left", "sliding_window_mask", (3, 6),
+             {"window": (None, 0), "offset": _a(0, 3)}),
+    MaskCall("window-unbounded-right", "sliding_window_mask", (4, 6), {"window": (1, None)}),
+    MaskCall("window-positions", "sliding_window_mask", (), {"window": (2, 0), "q_positions": _a([4, 5], [1, 2]),
+                                                              "kv_positions": _a(0, 1, 2, 3, 4, 5)}),
+    # chunks anchored at the first real token of a left-padded example (position -1 is the padding)
+    MaskCall("chunked-positions-left-padding", "chunked_mask", (),
+             {"chunk_size": 2, "q_positions": _a([1]), "kv_positions": _a([-1, 0, 1])}),
+    MaskCall("chunked-per-example-offset", "chunked_mask", (3, 5),
+             {"chunk_size": 2, "offset": _a(2, -3, dtype=np.int8)}),
+    MaskCall("causal-positions-shard", "causal_mask", (),
+             {"q_positions": _a(4, 5, 6, 7), "kv_positions": _a(*range(8))}),
+    MaskCall("prefix-lm-per-example-offset", "prefix_lm_mask", (_a(2, 0), 3, 5), {"offset": _a(0, 2)}),
     MaskCall("padding-right", "padding_mask", (_LENGTHS, 6)),
     MaskCall("padding-left", "padding_mask", (_LENGTHS, 6), {"side": "left"}),
     MaskCall("padding-empty-batch", "padding_mask", (_a(dtype=np.int64).reshape(0), 4)),
@@ -156,6 +171,15 @@ MASK_CALLS: tuple[MaskCall, ...] = (
         {"num_heads": 2},
     ),
     MaskCall("from-hf", "from_hf", (_a([1, 1, 1, 0], [0, 1, 1, 1]),)),
+    # varlen batches (flash-attn's packed layout); sizes set by values are passed, as under jax.jit
+    MaskCall("cu-seqlens", "cu_seqlens", (_a(3, 0, 2),)),
+    MaskCall("segment-ids-from-cu-seqlens-padded", "segment_ids_from_cu_seqlens", (_a(0, 3, 3, 5),), {"total": 7}),
+    MaskCall("cu-seqlens-from-segment-ids", "cu_seqlens_from_segment_ids", (_a(0, 0, 2, 2, -1),), {"num_segments": 4}),
+    MaskCall("varlen-causal-seqlen-q-differs-from-k", "varlen_mask", (_a(0, 1, 3), _a(0, 2, 3)),
+             {"causal": True, "total_q": 3, "total_k": 3}),
+    MaskCall("varlen-window-empty-sequence-padding", "varlen_mask", (_a(0, 3, 3, 7),),
+             {"window": (1, None), "total_q": 8}),
+    MaskCall("pad", "pad", (np.arange(8, dtype=np.float32).reshape(4, 2), _a(0, 2, 4, 5), 2, 3)),
 )
 
 
@@ -239,4 +263,76 @@ ATTENTION_CASES: tuple[AttentionCase, ...] = (
     _case("T=0", (2,), 2, 2, 0, 5, lambda: oracle.causal_mask(0, 5)),
     _case("S=0", (2,), 2, 2, 3, 0, lambda: oracle.causal_mask(3, 0)),
     _case("B=0", (0,), 2, 2, 3, 3, lambda: oracle.causal_mask(3)),
+)
+
+
+@dataclass(frozen=True)
+class VarlenCase:
+    """A varlen batch, as flash-attn's varlen functions take it: sequences packed along one token axis,
+    q (total_q, H, D), k (total_k, H_kv, D), v (total_k, H_kv, Dv), cu_seqlens (B + 1,) int32, and the
+    mask of oracle.varlen_mask (block diagonal, causal and window aligned bottom-right per sequence).
+
+    window: (left, right) as flash-attn's window_size (finite here; None: no window).
+    """
+
+    id: str
+    q_lengths: tuple[int, ...]
+    kv_lengths: tuple[int, ...]
+    heads: int = 2
+    kv_heads: int = 2
+    causal: bool = False
+    window: tuple[int, int] | None = None
+    head_dim: int = 8
+    value_dim: int = 4
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        kinds = (("causal",) if self.causal else ()) + (("sliding_window",) if self.window is not None else ())
+        return kinds or ("none",)
+
+    @property
+    def total_q(self) -> int:
+        return sum(self.q_lengths)
+
+    @property
+    def total_k(self) -> int:
+        return sum(self.kv_lengths)
+
+    def cu_seqlens(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cu_seqlens_q, cu_seqlens_k), int32."""
+        return oracle.cu_seqlens(np.array(self.q_lengths)), oracle.cu_seqlens(np.array(self.kv_lengths))
+
+    def mask(self) -> np.ndarray:
+        """(total_q, total_k): which packed query token may attend which packed key token."""
+        cu_q, cu_k = self.cu_seqlens()
+        return oracle.varlen_mask(cu_q, cu_k, causal=self.causal, window=self.window)
+
+    def arrays(self, dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+        """Packed q, k, v drawn from N(0, 1) by `seed`, rounded to `dtype`."""
+        rng = np.random.default_rng(seed)
+        d = numpy_dtype(dtype)
+        return {
+            "q": rng.standard_normal((self.total_q, self.heads, self.head_dim)).astype(d),
+            "k": rng.standard_normal((self.total_k, self.kv_heads, self.head_dim)).astype(d),
+            "v": rng.standard_normal((self.total_k, self.kv_heads, self.value_dim)).astype(d),
+        }
+
+
+# Varlen batches: what the catalogue's masks become when sequences are packed (no mask, causal T = S,
+# T < S and T > S bottom-right, windows, key padding as shorter key sequences, grouped heads) and what
+# only packing has: sequences with no query (seqlen_q = 0, whose keys get no gradient) or no key.
+VARLEN_CASES: tuple[VarlenCase, ...] = (
+    VarlenCase("varlen-no-mask", (3, 5), (3, 5)),
+    VarlenCase("varlen-cross-lengths", (2, 3), (4, 1)),
+    VarlenCase("varlen-causal", (4, 2, 5), (4, 2, 5), causal=True),
+    VarlenCase("varlen-causal-T<S-decode", (1, 2), (5, 3), causal=True),
+    VarlenCase("varlen-causal-T>S-fully-masked-rows", (5, 1), (2, 1), causal=True),
+    VarlenCase("varlen-sliding-window", (6, 3), (6, 3), window=(2, 1)),
+    VarlenCase("varlen-causal-sliding-window", (7,), (7,), causal=True, window=(3, 0)),
+    VarlenCase("varlen-empty-key-sequence", (3, 2), (4, 0)),
+    VarlenCase("varlen-empty-query-sequences", (0, 3, 0), (2, 3, 4), causal=True),
+    VarlenCase("varlen-one-token-sequences", (1, 1, 1), (1, 1, 1)),
+    VarlenCase("varlen-gqa-causal", (3, 4), (3, 4), heads=4, kv_heads=2, causal=True),
+    VarlenCase("varlen-no-queries", (0, 0), (3, 2), causal=True),
+    VarlenCase("varlen-no-tokens", (0,), (0,)),
 )

@@ -34,6 +34,19 @@ SOFTMAX_MAX_ULP = {"float64": 8, "float32": 4, "float16": 1, "bfloat16": 1}
 ATTENTION_WEIGHTS_MAX_ULP = {"float64": 32, "float32": 16, "float16": 1, "bfloat16": 1}
 ATTENTION_OUTPUT_MAX_ULP = {"float64": 64, "float32": 32, "float16": 2, "bfloat16": 2}
 
+# A row's log-sum-exp, lse = m + log(sum_j exp(s_j - m)) over its kept scores, in units of
+# eps(lse's dtype) * max(1, largest finite |lse|), keyed by lse's dtype (float32 for float16 and
+# bfloat16 inputs, as kernels keep it). Its error is that of the scores nearest the row's maximum
+# (lse is within log S of it, so they scale with |lse|) plus the rounding of the row sum, a relative
+# error that log turns into an absolute one (hence the floor 1). Blockwise (online) softmax rescales
+# the sum once per block, a few roundings more.
+LSE_MAX_ULP = {"float64": 64, "float32": 32, "float16": 2, "bfloat16": 2}
+
+# ALiBi biases (alibi_bias, alibi_slopes) computed in float64 are the oracle's bit for bit. Computed in
+# float32 (jax without x64) the slope is rounded to float32 before slope * (j - i') is rounded: two
+# roundings where the oracle has one, so up to 1 ULP of the result's dtype.
+ALIBI_FLOAT32_MAX_ULP = 1
+
 # |sum of a kept row's weights - 1| <= n * eps(dtype), the sum taken exactly (in float64). Each
 # once-rounded weight is off by at most eps/2 of itself, so the weights of a row are off by at
 # most eps/2 in all (float32, float16, bfloat16); float64 weights carry a few rounding errors of
@@ -234,3 +247,28 @@ def softmax_max_ulp(dtype: Any, scores: Any, mask: Any = None) -> np.ndarray:
     growth = eps(COMPUTE_DTYPE[name]) / eps(name)
     row_sum = np.log2(np.maximum(keep.sum(axis=-1, keepdims=True), 1))
     return tolerance(SOFTMAX_MAX_ULP, name) + growth * (spread + row_sum)
+
+
+# Gradients (attention_vjp, autodiff of attention): |actual - expected| <= n * eps * terms +
+# gradient_allowance, n = GRADIENT_MAX_ULP[dtype], `terms` the magnitude of the sum each entry is
+# (attention_gradient_terms: the backward pass with every factor replaced by its absolute value, e.g.
+# sum_j |w[j] (dw[j] - sum_k w[k] dw[k])| |k[j]| for dq), and exactly equal where terms is 0 (masked).
+# Why relative to the terms: a gradient is a sum that cancels (a row's ds sums to 0, dq to whatever is
+# left of it), so its error is a few roundings of its largest terms, not of its value, which can be 0 or
+# any fraction of them.
+# float16/bfloat16 are computed in float32 and rounded once: the exact value near a rounding midpoint,
+# two correct results can be a whole ULP apart, at most eps of the value and so of the terms; 2 leaves
+# the float32 arithmetic room. float32 and float64 carry the roundings of the forward (the weights, a few
+# ULP each for scores of moderate size, as ATTENTION_WEIGHTS_MAX_ULP) and of the backward's four
+# reductions (over D for the scores, S for the row sum, Dv for dw, T or S for the products back), each
+# relative to the sum of its |terms|; the oracle's float64 side has the same errors. Keyed by the coarser
+# of the gradient's dtype and the precision it was computed in (q's, COMPUTE_DTYPE).
+GRADIENT_MAX_ULP = {"float64": 32, "float32": 32, "float16": 2, "bfloat16": 2}
+
+
+def gradient_allowance(dtype: Any) -> float:
+    """The absolute difference a gradient of `dtype` may show whatever its terms: flushed subnormal
+    products (output_flush_allowance) and the rounding of a value to a subnormal of `dtype` (float16's
+    subnormals reach 6e-5, where half an ULP is an absolute 3e-8, not eps of the value)."""
+    smallest_subnormal = float(_dtypes.finfo(dtype_name(dtype)).smallest_subnormal)
+    return max(output_flush_allowance(dtype), smallest_subnormal)
