@@ -45,7 +45,33 @@ def _jax_x64_when_marked(request):
         yield
 
 
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's scheduling by scope, a scope being one catalogue case (refmask.testing.cases) of a
+    module, or else the module: a case's variants, policies and dtypes share compiled programs (JAX's above
+    all), which a second worker would compile again."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    from refmask.testing.cases import ATTENTION_CASES
+
+    suffixes = sorted((f"-{c.id}]" for c in ATTENTION_CASES), key=len, reverse=True)
+
+    class ByCatalogueCase(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            module = nodeid.split("::", 1)[0]
+            case = next((s for s in suffixes if nodeid.endswith(s)), None)
+            # Other tests go by module: a module's fixtures (a bench run, a matrix) are built once.
+            return module if case is None else f"{module}::{case}"
+
+    return ByCatalogueCase(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
+    _narrow_to_selected_backends(config, items)
+
+
+def _narrow_to_selected_backends(config, items):
     from refmask.testing.plugin import selected_backends
 
     try:

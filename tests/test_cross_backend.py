@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from harness.compare import assert_identical
 from refmask import oracle
 from refmask._backends import unavailable_reason
-from refmask.testing import assert_attention_close, assert_weights_close
+from refmask.testing import assert_attention_close, assert_lse_close, assert_weights_close, tolerances, ulp_distance
 from refmask.testing.cases import ATTENTION_CASES, DTYPES, MASK_CALLS, POLICIES, numpy_dtype
 
 
@@ -118,7 +118,7 @@ def test_masked_softmax_random_problems_match_oracle(variant, problem):
     assert_weights_close(actual, expected, mask=keep, scores=variant.computed_input(scores))
 
 
-def test_jit_variant_traces_once_per_function_and_static_arguments():
+def test_jit_variant_traces_once_per_function_and_static_arguments_for_every_policy():
     if (why := unavailable_reason("jax")) is not None:
         pytest.skip(why)
     from harness.jax_variants import JitVariant
@@ -131,5 +131,54 @@ def test_jit_variant_traces_once_per_function_and_static_arguments():
             jit.call("masked_softmax", case.arrays("float32", seed)["scores"], mask, fully_masked="zero")
         (jitted,) = jit._jitted.values()
         assert jitted._cache_size() == 1
-        jit.call("masked_softmax", case.arrays("float32")["scores"], mask, fully_masked="nan")
-        assert len(jit._jitted) == 2  # a new static argument is a new function
+        # every policy is computed by the one program, and each is the oracle's
+        scores = case.arrays("float32")["scores"]
+        for policy in POLICIES:
+            expected = jit.expected("masked_softmax", scores, mask, fully_masked=policy)
+            assert_weights_close(jit.call("masked_softmax", scores, mask, fully_masked=policy), expected, mask=mask)
+        assert len(jit._jitted) == 1 and jitted._cache_size() == 1
+        jit.call("masked_softmax", scores, None, fully_masked="nan")
+        assert len(jit._jitted) == 2  # a new static argument (no mask) is a new function
+
+
+# softcap, sinks, lse and ALiBi: two catalogue cases (one with rows that keep no key), one dtype each
+@pytest.mark.parametrize("case, dtype", [
+    (next(c for c in ATTENTION_CASES if c.id == case_id), dtype)
+    for case_id, dtype in [("gqa-causal", "bfloat16"), ("causal-T>S-bottom_right-fully-masked-rows", "float32")]
+], ids=["gqa-causal-bfloat16", "fully-masked-rows-float32"])
+def test_softcap_sinks_and_lse_match_oracle(variant, case, dtype):
+    a, mask = case.arrays(dtype), case.mask()
+    heads, t, s = case.heads, case.q_len, case.kv_len
+    bias = oracle.alibi_bias(heads, t, s, align="bottom_right")
+    sinks = np.linspace(-1.0, 1.0, heads).astype(np.float32)
+    v_scale = float(np.abs(variant.computed_input(a["v"]).astype(np.float64)).max())
+    # "nan" is asked for, yet with sinks a row with no kept key is exactly 0: the sink takes everything
+    kw = {"bias": bias, "softcap": 2.0, "sinks": sinks, "fully_masked": "nan"}
+    expected = variant.expected("attention", a["q"], a["k"], a["v"], mask, return_weights=True, return_lse=True, **kw)
+    out, w, lse = variant.call("attention", a["q"], a["k"], a["v"], mask, return_weights=True, return_lse=True, **kw)
+    assert_attention_close(out, expected[0], scale=v_scale, mask=mask)
+    assert_weights_close(w, expected[1], mask=mask)
+    assert_lse_close(lse, expected[2], mask=mask)
+    # without sinks: -inf where no key is kept
+    out, lse = variant.call("attention", a["q"], a["k"], a["v"], mask, softcap=2.0, return_lse=True)
+    expected = variant.expected("attention", a["q"], a["k"], a["v"], mask, softcap=2.0, return_lse=True)
+    assert_attention_close(out, expected[0], scale=v_scale, mask=mask)
+    assert_lse_close(lse, expected[1], mask=mask)
+    scores = a["scores"]
+    w = variant.call("masked_softmax", scores, mask, sinks=sinks, fully_masked="uniform")
+    assert_weights_close(w, variant.expected("masked_softmax", scores, mask, sinks=sinks), mask=mask)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_alibi_matches_oracle(variant, dtype):
+    args, kw = (12, 5, 9), {"align": "bottom_right", "offset": -2, "dtype": dtype}
+    expected = variant.expected("alibi_bias", *args, **kw)
+    actual = variant.call("alibi_bias", *args, **kw)
+    slopes = variant.call("alibi_slopes", 12, dtype=dtype)
+    if variant.computed_input(np.zeros(1)).dtype == np.float64:  # computed in float64: the oracle's, bit for bit
+        assert_identical(actual, expected, "alibi_bias")
+        assert_identical(slopes, variant.expected("alibi_slopes", 12, dtype=dtype), "alibi_slopes")
+    else:  # jax without x64: float32 arithmetic, and float64 makes float32
+        expected = expected.astype(actual.dtype)
+        assert actual.dtype != np.float64
+        assert float(ulp_distance(actual, expected).max()) <= tolerances.ALIBI_FLOAT32_MAX_ULP

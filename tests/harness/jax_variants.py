@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import inspect
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,14 +52,22 @@ def _static_key(value: Any) -> Any:
     return (type(value), value)
 
 
+# Arguments whose values one jitted function runs all of at once (see JitVariant).
+_BUNDLED = {"fully_masked": ("zero", "uniform", "nan"), "return_weights": (False, True)}
+
+
 class JitVariant(JaxVariant):
     """refmask.<fn> inside jax.jit: NumPy-array arguments are traced, everything else is static.
 
     Static arguments (sizes, policies, dtypes, None) are closed over, so value-dependent checks are
     skipped as they are under a user's jit, and every result is produced by a compiled function.
-    There is one jitted function per refmask function and static arguments: like a user's jitted
-    function, it traces and compiles once per shape and dtype of its arrays. The most recently used
-    ones are kept (calls that share static arguments come from one test, or its neighbours), so the
+    Like a user's jitted function, each traces and compiles once per shape and dtype of its arrays.
+
+    A call that passes `fully_masked` (and `return_weights`) runs one jitted function that makes the call
+    with every policy (with and without weights) at once and returns the result asked for: each is traced
+    and compiled under jit as in a user's program, and a catalogue case compiles one program where it would
+    compile six (XLA's compile time, not the arithmetic, is what the suite spends). The most recently used
+    functions are kept (calls that share static arguments come from one test, or its neighbours), so the
     executables of the whole catalogue do not pile up in memory.
     """
 
@@ -68,35 +78,63 @@ class JitVariant(JaxVariant):
         self._jitted: collections.OrderedDict[Any, Any] = collections.OrderedDict()
 
     def call(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        bundled = _bundled_values(fn, kwargs)
+        fixed = {name: v for name, v in kwargs.items() if name not in bundled}
         key = (
             fn,
             tuple(_static_key(a) for a in args),
-            tuple(sorted((name, _static_key(v)) for name, v in kwargs.items())),
+            tuple(sorted((name, _static_key(v)) for name, v in fixed.items())),
+            tuple(bundled),
         )
         jitted = self._jitted.get(key)
         if jitted is None:
-            jitted = self._jitted[key] = self._jit(fn, args, kwargs)
+            jitted = self._jitted[key] = self._jit(fn, args, fixed, bundled)
             if len(self._jitted) > self.CACHED_FUNCTIONS:
                 self._jitted.popitem(last=False)
         else:
             self._jitted.move_to_end(key)
         dyn_args = [self.asarray(a) for a in args if isinstance(a, np.ndarray)]
-        dyn_kwargs = {name: self.asarray(v) for name, v in kwargs.items() if isinstance(v, np.ndarray)}
-        return self.to_numpy(jitted(dyn_args, dyn_kwargs))
+        dyn_kwargs = {name: self.asarray(v) for name, v in fixed.items() if isinstance(v, np.ndarray)}
+        results = jitted(dyn_args, dyn_kwargs)
+        asked = tuple(kwargs.get(name, _default(fn, name)) for name in bundled)
+        return self.to_numpy(results[_combinations(bundled).index(asked)])
 
-    def _jit(self, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Callable[..., Any]:
+    def _jit(
+        self, fn: str, args: tuple[Any, ...], kwargs: dict[str, Any], bundled: dict[str, tuple[Any, ...]]
+    ) -> Callable[..., Any]:
         positions = [n for n, a in enumerate(args) if isinstance(a, np.ndarray)]
         static_args = [None if isinstance(a, np.ndarray) else a for a in args]
         static_kwargs = {name: v for name, v in kwargs.items() if not isinstance(v, np.ndarray)}
         target, backend = getattr(refmask, fn), self.backend
+        combinations = _combinations(bundled)
 
         def traced(dyn_args: list[Any], dyn_kwargs: dict[str, Any]) -> Any:
             full = list(static_args)
             for n, a in zip(positions, dyn_args, strict=True):
                 full[n] = a
-            return target(*full, backend=backend, **static_kwargs, **dyn_kwargs)
+            return [
+                target(*full, backend=backend, **static_kwargs, **dyn_kwargs, **dict(zip(bundled, values, strict=True)))
+                for values in combinations
+            ]
 
         return jax.jit(traced)
+
+
+def _bundled_values(fn: str, kwargs: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The arguments of this call whose every value one jitted function computes: the policy when the call
+    passes one, and then return_weights too for attention."""
+    if "fully_masked" not in kwargs:
+        return {}
+    names = inspect.signature(getattr(refmask, fn)).parameters
+    return {name: values for name, values in _BUNDLED.items() if name in names}
+
+
+def _combinations(bundled: dict[str, tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return list(itertools.product(*bundled.values()))
+
+
+def _default(fn: str, name: str) -> Any:
+    return inspect.signature(getattr(refmask, fn)).parameters[name].default
 
 
 VARIANTS = {
