@@ -11,6 +11,11 @@ import os
 
 # Four host devices let the JAX sharding tests run on CPU; must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # One pytest-xdist worker per core: each framework's own thread pool, per worker, would oversubscribe
+    # the cores, and small ops then wait for descheduled threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
 
 import pytest
 
@@ -67,8 +72,15 @@ def pytest_xdist_make_scheduler(config, log):
     return ByCatalogueCase(config, log)
 
 
+# Modules whose scopes take longest, scheduled first so that no worker is left with one of them at the end.
+_LONG_MODULES = ("test_cross_backend.py", "test_bench.py", "test_comparisons.py", "test_properties.py",
+                 "test_threads.py", "test_torch_backend.py", "test_jax_backend.py")
+
+
 def pytest_collection_modifyitems(config, items):
     _narrow_to_selected_backends(config, items)
+    rank = {name: n for n, name in enumerate(_LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 def _narrow_to_selected_backends(config, items):

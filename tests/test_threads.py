@@ -22,7 +22,7 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("torch")
 
-RUNS = 5
+RUNS = 3  # the registry before its import lock failed in every one of 5 runs
 THREADS = 8
 
 CHILD = textwrap.dedent(
