@@ -47,11 +47,17 @@ def _flax_layout_to_refmask(x: jax.Array) -> jax.Array:
 def _promote(
     query: jax.Array, key: jax.Array, value: jax.Array, dtype: Any, promote_dtype: Callable[..., Any] | None
 ) -> tuple[jax.Array, ...]:
-    if promote_dtype is None:
+    if promote_dtype is not None:
+        return tuple(promote_dtype((query, key, value), dtype=dtype))
+    try:
         from flax.linen.dtypes import promote_dtype as linen_promote
-
-        return tuple(linen_promote(query, key, value, dtype=dtype))
-    return tuple(promote_dtype((query, key, value), dtype=dtype))
+    except ImportError:  # jax without flax: linen's rule, written out
+        if dtype is None:
+            dtype = jnp.result_type(query, key, value)
+            if not jnp.issubdtype(dtype, jnp.inexact):
+                dtype = jnp.promote_types(jnp.float32, dtype)
+        return tuple(jnp.asarray(x, dtype) for x in (query, key, value))
+    return tuple(linen_promote(query, key, value, dtype=dtype))
 
 
 def _sow(module: Any, weights: jax.Array) -> None:

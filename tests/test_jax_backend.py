@@ -7,6 +7,7 @@ promises. Tests run in JAX's default configuration; those marked jax_x64 run wit
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,21 @@ def test_eager_calls_in_a_loop_compile_once():
                 x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
                 refmask.masked_softmax(x, mask, backend="jax", fully_masked=policy)
 
+
+
+def test_fill_first_made_under_a_callers_jit_serves_later_eager_calls():
+    # The fully-masked fill is made once per (policy, n, dtype); one first made while the caller's
+    # jax.jit traces must be a concrete array, or the eager call after it would see a leaked tracer.
+    B._fill_array.cache_clear()
+    scores = jnp.asarray(np.arange(10.0).reshape(2, 5), jnp.float32)
+    mask = jnp.asarray([[True, False, True, False, False], [False] * 5])
+    expected = oracle.masked_softmax(np.asarray(scores), np.asarray(mask), fully_masked="uniform")
+    traced = jax.jit(lambda s, m: refmask.masked_softmax(s, m, fully_masked="uniform"))(scores, mask)
+    assert not isinstance(B._fill("uniform", 5, scores.dtype), jax.core.Tracer)
+    eager = refmask.masked_softmax(scores, mask, fully_masked="uniform")
+    for got in (traced, eager):
+        np.testing.assert_array_equal(np.asarray(got)[1], np.full(5, 1 / 5, np.float32))  # 1/n on the empty row
+        assert_weights_close(got, expected)
 
 def test_attention_loop_compiles_once_even_with_new_scales():
     rng = np.random.default_rng(1)
@@ -514,3 +530,17 @@ def test_gradients_through_softcap_sinks_and_lse_are_exact_and_zero_where_masked
     grads = jax.grad(loss, argnums=(0, 1, 2, 3) + ((4,) if with_sinks else ()))(*args[:3], poisoned, sinks)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     assert (np.asarray(grads[3])[:, ~np.broadcast_to(mask, grads[3].shape[1:])] == 0).all()
+
+
+@needs_flax
+@pytest.mark.parametrize("dtypes", [("float32", "float32", "float32"), ("bfloat16", "float32", "float16"),
+                                    ("int32", "int32", "int32"), ("float16", "float16", "float16")])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_the_drop_in_promotes_dtypes_as_flax_without_flax(monkeypatch, dtypes, dtype):
+    # With jax but not flax installed, the drop-in applies linen's promote_dtype rule written out.
+    from flax.linen.dtypes import promote_dtype
+
+    arrays = [jnp.ones((1, 2, 1, 4), d) for d in dtypes]
+    expected = [x.dtype for x in promote_dtype(*arrays, dtype=dtype)]
+    monkeypatch.setitem(sys.modules, "flax.linen.dtypes", None)  # `import` now raises ImportError
+    assert [x.dtype for x in rjax._promote(*arrays, dtype=dtype, promote_dtype=None)] == expected

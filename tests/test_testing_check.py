@@ -460,7 +460,7 @@ def test_mask_arg_is_validated_against_the_functions():
 
 def test_flax_dot_product_attention_with_mask_arg():
     _framework("jax")
-    import flax.linen as nn
+    nn = pytest.importorskip("flax.linen", reason="Flax's own dot_product_attention needs flax")
     import jax
 
     # Key padding: 4 cases, a fully-masked batch item (uniform weights in Flax) and one key/value head among them.
