@@ -72,9 +72,10 @@ def pytest_xdist_make_scheduler(config, log):
     return ByCatalogueCase(config, log)
 
 
-# Modules whose scopes take longest, scheduled first so that no worker is left with one of them at the end.
-_LONG_MODULES = ("test_cross_backend.py", "test_bench.py", "test_comparisons.py", "test_properties.py",
-                 "test_threads.py", "test_torch_backend.py", "test_jax_backend.py")
+# Modules of the longest scopes, scheduled first (in this order: the longest single scope first, --no-
+# loadscope-reorder keeps it) so that no worker is left alone with one of them at the end.
+_LONG_MODULES = ("test_bench.py", "test_comparisons.py", "test_threads.py", "test_properties.py",
+                 "test_cross_backend.py", "test_torch_backend.py", "test_jax_backend.py")
 
 
 def pytest_collection_modifyitems(config, items):
