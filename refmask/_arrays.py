@@ -57,6 +57,8 @@ class NumpyOps:
     name = "numpy"
 
     def asarray(self, x: Any, device: Any = None) -> Any:
+        if device is None and type(x) is np.ndarray:
+            return x
         self.device(device)
         from ._backends import to_numpy  # another framework's array: detached, bfloat16 bit for bit
 
@@ -70,7 +72,7 @@ class NumpyOps:
         return None
 
     def dtype_name(self, x: Any) -> str:
-        return str(x.dtype.name)
+        return _dtypes.numpy_name(x.dtype)
 
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)
@@ -103,9 +105,9 @@ def array(ops: ArrayOps, name: str, x: Any, device: Any = None, expected: str = 
     """x as the backend's array; None (or a non-array such as a string) is refused, naming the argument."""
     if x is None:
         raise TypeError(f"{name} must be an array; got None")
-    if isinstance(x, str | bytes | dict | set):
-        raise TypeError(f"{name} must be an array; got {type(x).__name__} {x!r}")
-    if array_backend(x) == "numpy":
+    if type(x) is np.ndarray or array_backend(x) == "numpy":  # a framework's array is none of the below
+        if isinstance(x, str | bytes | dict | set):
+            raise TypeError(f"{name} must be an array; got {type(x).__name__} {x!r}")
         # Host input is read by NumPy first, so every backend refuses strings and objects alike.
         x = np.asarray(x)
         if x.dtype.kind not in "biufc" and x.dtype.name != "bfloat16":

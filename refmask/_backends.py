@@ -115,13 +115,17 @@ def array_backend(x: Any) -> str:
 
 def infer_backend(*arrays: Any) -> str:
     """The one framework the arrays belong to ("numpy" if none is a framework's array)."""
-    found = {array_backend(a) for a in arrays if a is not None} - {"numpy"}
-    if len(found) > 1:
-        raise TypeError(
-            f"arrays from different frameworks ({', '.join(sorted(found))}) in one call; "
-            "convert them to one framework or pass backend="
-        )
-    return found.pop() if found else "numpy"
+    found = "numpy"
+    for a in arrays:
+        name = "numpy" if a is None else array_backend(a)
+        if name != "numpy" and name != found:
+            if found != "numpy":
+                raise TypeError(
+                    f"arrays from different frameworks ({', '.join(sorted((found, name)))}) in one call; "
+                    "convert them to one framework or pass backend="
+                )
+            found = name
+    return found
 
 
 def resolve(backend: str | None, *arrays: Any) -> ModuleType:

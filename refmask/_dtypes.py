@@ -34,11 +34,23 @@ _ACCEPTED = ", ".join(repr(n) for n in (*FLOAT_DTYPES, *SPELLINGS))
 def name_of(dtype: Any) -> str:
     """The canonical name of a dtype object of any framework ("float32", "int64", "bool", ...)."""
     if isinstance(dtype, np.dtype):
-        return dtype.name
+        return numpy_name(dtype)
     module = type(dtype).__module__
     if module == "torch":  # torch.float32 prints as "torch.float32"
         return str(dtype).removeprefix("torch.")
-    return np.dtype(dtype).name
+    return numpy_name(np.dtype(dtype))
+
+
+_NUMPY_NAMES: dict[np.dtype[Any], str] = {}
+
+
+def numpy_name(dtype: np.dtype[Any]) -> str:
+    """dtype.name, remembered: NumPy builds the name in Python on every access (microseconds on a small call).
+    A plain dict, not functools.lru_cache, so torch.compile traces through it without a warning."""
+    name = _NUMPY_NAMES.get(dtype)
+    if name is None:
+        name = _NUMPY_NAMES[dtype] = str(dtype.name)
+    return name
 
 
 def float_dtype(arg: str, dtype: Any) -> str:

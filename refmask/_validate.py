@@ -287,8 +287,9 @@ def broadcasts_to(name: str, mask_shape: tuple[int, ...], target_shape: tuple[in
     the error says how to build the (B, 1, 1, S) form instead.
     """
     mask_shape, target_shape = tuple(mask_shape), tuple(target_shape)
-    fits = len(mask_shape) <= len(target_shape) and all(
-        m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1], strict=False)
+    fits = mask_shape == target_shape or (
+        len(mask_shape) <= len(target_shape)
+        and all(m in (1, t) for m, t in zip(mask_shape[::-1], target_shape[::-1], strict=False))
     )
     if not fits:
         raise ValueError(

@@ -735,7 +735,9 @@ def masked_softmax(
     mask: bool, broadcastable to scores' shape; None keeps everything.
     """
     call = arrays.softmax_call(NUMPY, scores, mask, axis, fully_masked, sinks)
-    keep = np.broadcast_to(np.ones((), bool) if call.mask is None else call.mask, call.scores.shape)
+    keep = call.mask
+    if keep is None or keep.shape != call.scores.shape:  # np.broadcast_to costs more than a small softmax
+        keep = np.broadcast_to(np.ones((), bool) if keep is None else keep, call.scores.shape)
     x = call.scores.astype(np.float64)
     column = _sink_column(call.sinks, call.scores.shape, call.axis, call.scores.dtype)
     return _softmax_kept(x, keep, call.axis, call.fully_masked, column).astype(call.scores.dtype)
@@ -759,13 +761,15 @@ def _softmax_kept(
     sinks: None, or float64 sink logits broadcastable to x's shape with `axis` of size 1.
     """
     any_kept = keep.any(axis=axis, keepdims=True)
+    every_row_kept = bool(any_kept.all())  # then the fully-masked fix-ups below have nothing to do
     np.copyto(x, -np.inf, where=~keep)
     with np.errstate(invalid="ignore", over="ignore"):
         # NaN-propagating max over kept entries (and the sink); rows with nothing kept get 0 to stay finite.
         m = x.max(axis=axis, keepdims=True, initial=-np.inf)
         if sinks is not None:
             m = np.maximum(m, sinks)
-        m = np.where(any_kept, m, 0.0)
+        if not every_row_kept:
+            m = np.where(any_kept, m, 0.0)
         x -= m
         # Masked entries hold exp(-inf) = 0 wherever the row's weights are numbers; where they are
         # not (a kept NaN, +inf or all kept -inf) the whole row is NaN, as the definition says.
@@ -774,8 +778,9 @@ def _softmax_kept(
         if sinks is not None:
             total += np.exp(sinks - m)
         x /= total
-    fully_masked_value = 0.0 if sinks is not None else arrays.fully_masked_value(fully_masked, x.shape[axis])
-    np.copyto(x, fully_masked_value, where=~any_kept)
+    if not every_row_kept:
+        fully_masked_value = 0.0 if sinks is not None else arrays.fully_masked_value(fully_masked, x.shape[axis])
+        np.copyto(x, fully_masked_value, where=~any_kept)
     return x
 
 

@@ -543,4 +543,5 @@ def test_the_drop_in_promotes_dtypes_as_flax_without_flax(monkeypatch, dtypes, d
     arrays = [jnp.ones((1, 2, 1, 4), d) for d in dtypes]
     expected = [x.dtype for x in promote_dtype(*arrays, dtype=dtype)]
     monkeypatch.setitem(sys.modules, "flax.linen.dtypes", None)  # `import` now raises ImportError
-    assert [x.dtype for x in rjax._promote(*arrays, dtype=dtype, promote_dtype=None)] == expected
+    q, k, v = arrays
+    assert [x.dtype for x in rjax._promote(q, k, v, dtype=dtype, promote_dtype=None)] == expected

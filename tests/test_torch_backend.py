@@ -5,6 +5,8 @@ device placement, the SDPA drop-in (against SDPA itself and the oracle) and Flex
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import subprocess
 import sys
@@ -694,3 +696,144 @@ def test_gradcheck_through_softcap_sinks_and_lse(with_sinks, fully_masked):
     grads = torch.autograd.grad((out.sum() + lse.sum(),), [*inputs[:3], poisoned, *inputs[4:]])
     assert all(bool(torch.isfinite(g).all()) for g in grads)
     assert (grads[3][~mask.expand(grads[3].shape)] == 0).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# the fused route: attention on F.scaled_dot_product_attention, against the math route and the oracle
+
+
+@pytest.mark.parametrize("kernel", ["FLASH_ATTENTION", "MATH"])
+@pytest.mark.parametrize("form", ["bool", "additive-inf"])
+def test_sdpa_kernels_give_fully_masked_rows_zero_and_finite_zero_gradients(kernel, form):
+    # What the fused route's "zero" policy and its gradients rest on, per kernel of the pinned torch.
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 4, 8, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    keep = torch.ones(4, 5, dtype=torch.bool)[:, :4].clone()
+    keep[1] = False  # query 1 keeps no key
+    keep[:, 3] = False  # no query keeps key 3
+    mask = keep if form == "bool" else torch.zeros(4, 4, dtype=torch.float64).masked_fill(~keep, -math.inf)
+    with sdpa_kernel(getattr(SDPBackend, kernel)):
+        out = F.scaled_dot_product_attention(q, k, v, mask)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), torch.randn(out.shape, generator=gen, dtype=out.dtype))
+    assert torch.equal(out[:, :, 1], torch.zeros_like(out[:, :, 1]))
+    assert all(bool(torch.isfinite(g).all()) for g in (dq, dk, dv))
+    assert torch.equal(dq[:, :, 1], torch.zeros_like(dq[:, :, 1]))
+    assert torch.equal(dk[:, :, 3], torch.zeros_like(dk[:, :, 3]))
+    assert torch.equal(dv[:, :, 3], torch.zeros_like(dv[:, :, 3]))
+
+
+def _sdpa_calls(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    return calls
+
+
+def _fused_serves(case) -> bool:
+    """The fused route takes (B, H, T, D) problems with no empty axis."""
+    return len(case.batch) == 1 and 0 not in (*case.batch, case.q_len, case.kv_len)
+
+
+@pytest.mark.parametrize("route", ["fused", "math"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.id)
+def test_attention_routes_match_oracle(monkeypatch, case, dtype, route):
+    monkeypatch.setattr(tb, "_FUSED_ATTENTION", route == "fused")
+    calls = _sdpa_calls(monkeypatch)
+    a, mask = case.arrays(dtype), case.mask()
+    bias = (0.5 * np.random.default_rng(5).standard_normal((case.q_len, case.kv_len))).astype(numpy_dtype(dtype))
+    fully_masked_rows = mask is not None and not np.broadcast_to(mask, case.scores_shape).any(axis=-1).all()
+    policies = ("zero", "uniform", "nan") if fully_masked_rows else ("zero",)  # the others cannot matter
+    for fully_masked, with_bias in itertools.product(policies, (False, True)):
+        b, scale = (bias, 0.3) if with_bias else (None, None)
+        expected = oracle.attention(a["q"], a["k"], a["v"], mask, bias=b, scale=scale, fully_masked=fully_masked)
+        out = tb.attention(t(a["q"]), t(a["k"]), t(a["v"]), None if mask is None else t(mask),
+                           bias=None if b is None else t(b), scale=scale, fully_masked=fully_masked)
+        v_scale = float(np.abs(a["v"].astype(np.float64)).max(initial=0.0))
+        assert_attention_close(tb.to_numpy(out), expected, scale=v_scale)
+    assert len(calls) == (2 * len(policies) if route == "fused" and _fused_serves(case) else 0)
+
+
+@pytest.mark.parametrize("fully_masked", ["zero", "uniform", "nan"])
+@pytest.mark.parametrize("case_id", [*FULLY_MASKED_CASES, "gqa-causal", "mqa-padding"])
+def test_autograd_through_the_fused_route_matches_oracle_attention_vjp(monkeypatch, case_id, fully_masked):
+    from refmask.testing import assert_gradients_close, attention_gradient_terms
+
+    calls = _sdpa_calls(monkeypatch)
+    case = CASES[case_id]
+    a, mask = case.arrays("float64"), case.mask()
+    d_out = np.random.default_rng(3).standard_normal((*case.batch, case.heads, case.q_len, case.value_dim))
+    leaves = [t(a[n], requires_grad=True) for n in ("q", "k", "v")]
+    q, k, v = leaves
+    out = tb.attention(q, k, v, None if mask is None else t(mask), fully_masked=fully_masked)
+    grads = torch.autograd.grad(out, leaves, t(d_out))
+    assert calls, "the fused route was not taken"
+    expected = oracle.attention_vjp(a["q"], a["k"], a["v"], mask, d_out, fully_masked=fully_masked)
+    terms = attention_gradient_terms(a["q"], a["k"], a["v"], mask, d_out, fully_masked=fully_masked)
+    for name, g, e, term in zip(("dq", "dk", "dv"), grads, expected, terms, strict=False):
+        assert_gradients_close(g.numpy(), e, terms=term, name=f"{name} ({fully_masked})")
+
+
+@pytest.mark.parametrize("where", ["k at a masked key", "q at a fully-masked row", "bias at a masked entry",
+                                   "-inf bias at a kept entry"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_non_finite_inputs_take_the_math_route_and_never_leak(monkeypatch, where, value):
+    calls = _sdpa_calls(monkeypatch)
+    case = CASES["padding-queries-and-keys"]  # batch 0 keeps keys 0-1 and queries 0-2; batch 1 one query
+    a, mask = case.arrays("float32"), case.mask()
+    bias = np.zeros((case.q_len, case.kv_len), np.float32)
+    if where.startswith("k"):
+        a["k"][0, :, 3] = value
+    elif where.startswith("q"):
+        a["q"][0, :, 3] = value
+    elif where.startswith("bias"):
+        bias[0, 3] = value
+    else:
+        bias[0, 0] = -math.inf
+    with np.errstate(invalid="ignore"):  # the oracle's float64 matmul meets the inf
+        expected = oracle.attention(a["q"], a["k"], a["v"], mask, bias=bias, fully_masked="uniform")
+    out = tb.attention(t(a["q"]), t(a["k"]), t(a["v"]), t(mask), bias=t(bias), fully_masked="uniform")
+    assert_attention_close(tb.to_numpy(out), expected, scale=float(np.abs(a["v"]).max()))
+    assert not calls, "a non-finite input reached the fused kernel"
+
+
+def test_sdpa_dropin_takes_the_fused_route_for_float_masks(monkeypatch):
+    calls = _sdpa_calls(monkeypatch)
+    case = CASES["padding-queries-and-keys"]
+    a, mask = case.arrays("float32"), case.mask()
+    assert mask is not None
+    additive = torch.zeros(mask.shape).masked_fill(~t(mask), -math.inf)  # -inf at masked keys: the fused route
+    out = rt.scaled_dot_product_attention(t(a["q"]), t(a["k"]), t(a["v"]), additive, fully_masked="nan")
+    assert calls
+    expected = oracle.attention(a["q"], a["k"], a["v"], mask, fully_masked="nan")
+    assert_attention_close(out.numpy(), expected, scale=float(np.abs(a["v"]).max()))
+
+
+# ----------------------------------------------------------------------------------------------
+# float32 masked_softmax: normalised in float64 on CPU, so within 1 ULP of the correctly rounded weights
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0, 16.0])
+@pytest.mark.parametrize("path", ["in place, one block", "in place, blocks", "autograd"])
+def test_float32_masked_softmax_is_within_one_ulp_of_correctly_rounded(path, scale):
+    from refmask.testing import ulp_distance
+
+    rows = 300 if path == "in place, blocks" else 8  # 300 x 512 spans three blocks, the last one partial
+    rng = np.random.default_rng(int(scale))
+    scores = (scale * rng.standard_normal((rows, 512))).astype(np.float32)
+    keep = rng.random(scores.shape) < 0.8
+    keep[:, 0] = True
+    keep[1] = False  # a fully-masked row
+    x = t(scores, requires_grad=path == "autograd")
+    w = tb.masked_softmax(x, t(keep))
+    expected = oracle.masked_softmax(scores, keep)
+    distance = ulp_distance(w.detach().numpy(), expected)
+    assert distance.max() <= 1, f"worst {distance.max()} ULP"
+    assert (distance <= tolerances.softmax_max_ulp("float32", scores, keep)).all()

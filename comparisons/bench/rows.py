@@ -22,7 +22,7 @@ class Row:
     reference: str  # what it is compared with
     value: float | None = None
     ref_value: float | None = None
-    unit: str = "s"  # "s" (time per call) or "bytes"
+    unit: str = "s"  # "s" (time per call), "bytes" or "ULP"
     max_ratio: float | None = None  # target on value / ref_value
     max_value: float | None = None  # target on value itself
     passed: bool | None = None  # a target judged elsewhere (mask shapes)
@@ -61,6 +61,8 @@ class Row:
 def fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "ULP":
+        return f"{value:g} ULP"
     if unit == "bytes":
         for size, name in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
             if value >= size:

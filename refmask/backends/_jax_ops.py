@@ -39,7 +39,8 @@ class JaxOps:
         return None
 
     def dtype_name(self, x: Any) -> str:
-        return np.dtype(x.dtype).name
+        dtype = x.dtype
+        return _dtypes.numpy_name(dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))
 
     def shape(self, x: Any) -> tuple[int, ...]:
         return tuple(x.shape)

@@ -75,6 +75,8 @@ class TorchOps:
     def asarray(self, x: Any, device: Any = None) -> Any:
         """Tensors stay where they are unless `device` is given; NumPy arrays and lists go to `device`, or to
         torch's default device."""
+        if isinstance(x, torch.Tensor) and (device is None or (type(device) is torch.device and x.device == device)):
+            return x  # already where it must be (device_of found it there): nothing to check or move
         device = self.device(device)
         if not isinstance(x, torch.Tensor):
             x = from_numpy(_host_array(x))

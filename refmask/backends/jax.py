@@ -59,7 +59,7 @@ def _is_concrete(x: Any) -> bool:
 
 
 def _dtype_name(dtype: Any) -> str:
-    return np.dtype(dtype).name
+    return _dtypes.numpy_name(np.dtype(dtype))
 
 
 def _bool_mask(name: str, mask: Any) -> jax.Array:
@@ -93,11 +93,13 @@ def _index_dtype(max_len: int) -> Any:
     return np.dtype(OPS.produced_dtype(check.index_dtype(max_len)))
 
 
+@functools.lru_cache(maxsize=64)
 def _compute_dtype(dtype: Any) -> Any:
     """float16/bfloat16 accumulate in float32; float32 and float64 compute in themselves."""
     return _dtypes.numpy_dtype(_dtypes.compute_dtype(_dtype_name(dtype)))
 
 
+@functools.lru_cache(maxsize=64)
 def _compensate(dtype: Any) -> bool:
     """Whether the softmax compensates the rounding of x - max (float32 inputs; see _exp_shifted)."""
     return _dtype_name(dtype) == "float32"
@@ -642,8 +644,15 @@ _masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis",))
 def _fill(policy: str, n: int, dtype: Any, sinks: Any = None) -> jax.Array:
     """The weight of a fully-masked row's entries under `policy` (rows of length n), as data for jit;
     0 with sinks (the sink takes everything, whatever the policy)."""
-    value = 0.0 if sinks is not None else arrays.fully_masked_value(policy, n)
-    return jnp.asarray(value, dtype=_compute_dtype(dtype))
+    return _fill_array("zero" if sinks is not None else policy, n, _compute_dtype(dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _fill_array(policy: str, n: int, compute_dtype: Any) -> jax.Array:
+    # Made once per (policy, n, dtype): building a jax scalar costs more than a small softmax itself. Made
+    # concrete even when first asked for under a trace (jax.jit of a caller), so no tracer is remembered.
+    with jax.ensure_compile_time_eval():
+        return jnp.asarray(arrays.fully_masked_value(policy, n), dtype=compute_dtype)
 
 
 def masked_softmax(

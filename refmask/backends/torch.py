@@ -8,17 +8,19 @@ Conventions (the oracle's, see refmask/oracle.py for every definition):
   attention_weights, attention);
 - inputs may be tensors, NumPy arrays or lists; NumPy inputs go to the device of the tensor inputs;
 - float16 / bfloat16 scores are computed and normalised in float32 and rounded once to the input
-  dtype; float32 and float64 are computed in their own precision;
+  dtype; float32 and float64 are computed in their own precision, except masked_softmax of float32
+  scores on CPU, normalised in float64 and rounded once (within 1 ULP of the correctly rounded weights);
 - fully-masked rows follow `fully_masked` ("zero", "uniform", "nan") and their gradient is exactly 0;
   masked entries get exactly 0 gradient whatever their scores hold. attention_vjp is autograd of this
   backend's attention on detached copies of the inputs (first order).
 
 The hot path of masked_softmax is the plain-torch idiom `softmax(scores.masked_fill(~mask, -inf))`
-plus a fix of the fully-masked rows only (found from the mask, at the mask's own shape): on CPU
-(outside torch.compile / torch.func transforms) the fix is skipped when no row is fully masked (a
-free check there); elsewhere it is one broadcast masked_fill_ (a `where` when autograd records),
-so no device synchronisation happens. Without autograd, temporaries are reused in place (the
-masked scores become the weights), which on CPU makes it faster than the plain idiom.
+(the softmax in float64 for float32 on CPU, see _softmax) plus a fix of the fully-masked rows only
+(found from the mask, at the mask's own shape): on CPU (outside torch.compile / torch.func
+transforms) the fix is skipped when no row is fully masked (a free check there); elsewhere it is one
+broadcast masked_fill_ (a `where` when autograd records), so no device synchronisation happens.
+Without autograd, temporaries are reused in place (the masked scores become the weights).
+attention runs on SDPA's fused kernels where refmask's promises hold there (_fused_attention).
 """
 
 from __future__ import annotations
@@ -450,13 +452,45 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return getattr(torch, _dtypes.compute_dtype(_dtypes.name_of(dtype)))
 
 
-def _softmax_kept(x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy: str, *, owned: bool) -> torch.Tensor:
+_ACCURATE_BLOCK = 1 << 16  # elements per float64 block: a block stays in cache between its passes
+
+
+def _softmax(t: torch.Tensor, axis: int, *, accurate: bool, into: bool) -> torch.Tensor:
+    """softmax of t along `axis`; into=True: written into t (no autograd, contiguous, last axis).
+
+    accurate=True, for float32 on CPU: normalised in float64 and rounded once, so within 1 ULP of the
+    correctly rounded weights; float32 arithmetic is off by up to |x - max| / 2 ULP (the rounding of
+    x - max, which exp magnifies). In place, rows go through float64 in blocks that stay in cache, so
+    it costs no more memory traffic than the float32 softmax. Elsewhere (accelerators, where float64
+    is slow) the float32 softmax.
+    """
+    if not (accurate and t.dtype == torch.float32 and t.device.type == "cpu"):
+        return torch.softmax(t, axis, out=t) if into else torch.softmax(t, axis)
+    if not into:
+        return torch.softmax(t, axis, dtype=torch.float64).to(torch.float32)
+    if t.numel() == 0:
+        return t
+    rows = t.view(-1, t.shape[-1])
+    n = max(1, _ACCURATE_BLOCK // t.shape[-1])
+    if rows.shape[0] <= n:
+        return t.copy_(torch.softmax(t, -1, dtype=torch.float64))
+    block = torch.empty((n, t.shape[-1]), dtype=torch.float64)
+    for start in range(0, rows.shape[0], n):
+        r = rows[start : start + n]
+        b = block[: r.shape[0]]
+        r.copy_(torch.softmax(b.copy_(r), -1, out=b))
+    return t
+
+
+def _softmax_kept(
+    x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy: str, *, owned: bool, accurate: bool = False
+) -> torch.Tensor:
     """masked softmax of x (already in the compute dtype) along `axis`; keep broadcasts to x.
 
-    owned=True: x is a temporary of ours that may be overwritten.
+    owned=True: x is a temporary of ours that may be overwritten. accurate: as _softmax.
     """
     if keep is None:
-        return torch.softmax(x, axis)
+        return _softmax(x, axis, accurate=accurate, into=False)
     axis %= x.ndim
     grad = torch.is_grad_enabled() and x.requires_grad
     tracing = _tracing(x, keep)
@@ -466,11 +500,9 @@ def _softmax_kept(x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy:
     # masked_fill's backward gives masked entries exactly 0 whatever the softmax's gradient is there
     # (NaN in a fully-masked row); in place on a temporary of ours is autograd-safe.
     t = x.masked_fill_(~keep, -math.inf) if owned and not tracing else x.masked_fill(~keep, -math.inf)
-    if grad or tracing or t.device.type != "cpu" or axis != t.ndim - 1 or not t.is_contiguous():
-        w = torch.softmax(t, axis)
-    else:
-        # In place over our temporary: one allocation less (first-touch page faults on the host).
-        w = torch.softmax(t, axis, out=t)
+    # In place over our temporary where it can be: one allocation less (first-touch page faults on the host).
+    into = not (grad or tracing or t.device.type != "cpu" or axis != t.ndim - 1 or not t.is_contiguous())
+    w = _softmax(t, axis, accurate=accurate, into=into)
     if policy == "nan":
         return w  # the softmax of a row of -inf is already NaN
     if not tracing and w.device.type == "cpu" and bool(any_kept.all()):
@@ -485,13 +517,15 @@ def masked_softmax(
     scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero", sinks: Any = None
 ) -> torch.Tensor:
     c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks)
-    x = c.scores.to(_compute_dtype(c.scores.dtype))
+    compute = _compute_dtype(c.scores.dtype)
+    x = c.scores if compute == c.scores.dtype else c.scores.to(compute)
     if c.sinks is not None:
         sink = arrays.sink_column(OPS, c.sinks, tuple(c.scores.shape), c.axis)
         w, _ = _softmax_with_sinks(x, c.mask, c.axis, sink.to(x.dtype), with_lse=False)
         return w.to(c.scores.dtype)
-    w = _softmax_kept(x, c.mask, c.axis, c.fully_masked, owned=x is not c.scores)
-    return w.to(c.scores.dtype)
+    accurate = c.scores.dtype == torch.float32  # float16 / bfloat16: their ULPs dwarf float32's error
+    w = _softmax_kept(x, c.mask, c.axis, c.fully_masked, owned=x is not c.scores, accurate=accurate)
+    return w if w.dtype == c.scores.dtype else w.to(c.scores.dtype)
 
 
 def _softmax_with_sinks(
@@ -611,6 +645,10 @@ def attention(
         OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights,
         softcap=softcap, sinks=sinks, return_lse=return_lse,
     )
+    if not (c.return_weights or c.return_lse or c.softcap is not None or c.sinks is not None):
+        out = _fused_attention(c.q, c.k, c.v, c.mask, c.bias, c.scale, c.fully_masked, c.is_causal)
+        if out is not None:
+            return out
     keep = c.mask
     if c.is_causal:
         causal = causal_mask(c.shape[-2], c.shape[-1], device=c.q.device)
@@ -639,6 +677,72 @@ def _attend(
     out = _apply_values(w, v).to(q.dtype)
     parts = [out] + ([w.to(q.dtype)] if return_weights else []) + ([lse] if lse is not None else [])
     return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+# ----------------------------------------------------------------------------------------------
+# attention on SDPA's fused kernels
+#
+# Checked for the pinned torch, on CPU (flash and math kernels; tests/test_torch_backend.py keeps the
+# check): a row whose keys are all masked (a bool mask, or -inf in a float mask) gets output 0 and a
+# finite gradient, exactly 0 for the scores it does not see. So "zero" needs no fix, "uniform" and
+# "nan" are a fix of those rows only, found from the mask at its own shape. SDPA adds the mask to the
+# scores, so a NaN or inf anywhere in q, k, v or a kept bias entry could reach kept rows: such calls
+# take the math path (_attend), as do calls the kernels cannot serve with refmask's promises.
+
+_FUSED_ATTENTION = True  # private switch: the tests run every case through both routes
+
+
+def _all_finite(xs: list[torch.Tensor]) -> bool:
+    """True when every entry of every x is finite: one sum each, one read on the host. A sum of finite
+    values that overflows reads as not finite (the caller then takes the exact path)."""
+    with torch.no_grad():
+        sums = torch.stack([x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32) for x in xs])
+        return bool(torch.isfinite(sums).all())
+
+
+def _fused_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    keep: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: float,
+    fully_masked: str,
+    is_causal: bool,
+) -> torch.Tensor | None:
+    """attention's output from F.scaled_dot_product_attention in the compute dtype, rounded once; None
+    where refmask's promises cannot be kept there (the caller takes the math path)."""
+    if not _FUSED_ATTENTION or q.ndim != 4 or 0 in q.shape or 0 in k.shape or 0 in v.shape:
+        return None  # SDPA's fused kernels take (B, H, T, D) only; empty axes are the math path's
+    if bias is not None and torch.is_grad_enabled() and bias.requires_grad:
+        return None  # no fused kernel takes a mask that requires grad
+    if not _host_checks(q, k, v, keep, bias):
+        return None  # the finiteness check reads values
+    if is_causal and (keep is not None or bias is not None):  # SDPA takes is_causal or a mask, not both
+        causal = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
+        keep, is_causal = causal if keep is None else keep & causal, False
+    kept_bias = None if bias is None else bias if keep is None else bias.masked_fill(~keep, 0.0)
+    if not _all_finite([q, k, v] + ([] if kept_bias is None else [kept_bias])):
+        return None
+    ct = _compute_dtype(q.dtype)
+    qc, kc, vc = q.to(ct), k.to(ct), v.to(ct)
+    attn_mask = keep
+    if bias is not None:
+        attn_mask = bias.to(ct) if keep is None else bias.to(ct).masked_fill(~keep, -math.inf)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        qc, kc, vc, attn_mask, is_causal=is_causal, scale=scale, enable_gqa=kc.shape[-3] != qc.shape[-3]
+    )
+    if keep is not None and fully_masked != "zero":
+        k4 = keep.reshape((1,) * (4 - keep.ndim) + tuple(keep.shape))
+        any_kept = k4.any(dim=-1, keepdim=True)  # (.., T, 1): False on a fully-masked row
+        if out.device.type != "cpu" or not bool(any_kept.all()):  # on the host the check is free
+            # "uniform": weights 1/S, out = the mean of v; "nan": NaN weights, so (as the math path) a NaN
+            # gradient for v and none for q and k.
+            mean = vc.mean(dim=-2, keepdim=True).repeat_interleave(qc.shape[-3] // vc.shape[-3], dim=-3)
+            if fully_masked == "nan":  # NaN on the fully-masked rows only (so only their v gets a NaN gradient)
+                mean = mean * torch.where(any_kept, 1.0, math.nan).to(mean.dtype)
+            out = torch.where(any_kept, out, mean)
+    return out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

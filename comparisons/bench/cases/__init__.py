@@ -20,7 +20,7 @@ CASE_TITLES = {
     1: "masked_softmax, causal + padding",
     2: "attention, causal",
     3: "small-call overhead, masked_softmax",
-    4: "memory: oracle attention, return_weights=False",
+    4: "memory: attention, return_weights=False",
     5: "mask construction",
 }
 CASE_FUNCTIONS: dict[int, Callable[[Sizes, dict[str, str]], list[Row]]] = {
