@@ -394,6 +394,14 @@ class PositionArgs(NamedTuple):
     kv_positions: Any  # (S,) or (B, S), or None: arange(S)
 
 
+def uses_positions(offset: object, q_positions: Any, kv_positions: Any) -> bool:
+    """Whether a position mask's arguments hold arrays (per-example offsets, positions), not the all-int form
+    (an int offset, a NumPy integer included, of any size)."""
+    if q_positions is not None or kv_positions is not None:
+        return True
+    return (hasattr(offset, "shape") or isinstance(offset, list | tuple)) and not isinstance(offset, numbers.Integral)
+
+
 def position_args(
     ops: ArrayOps,
     q_len: object,
@@ -409,8 +417,7 @@ def position_args(
 
     Values are checked (range) where they can be read, on the host before a framework could narrow them.
     """
-    an_array = hasattr(offset, "shape") or isinstance(offset, list | tuple)
-    if q_positions is None and kv_positions is None and (isinstance(offset, numbers.Integral) or not an_array):
+    if not uses_positions(offset, q_positions, kv_positions):
         return None
     found = ops.device_of({"offset": offset, "q_positions": q_positions, "kv_positions": kv_positions})
     device = found if device is None else device
@@ -419,9 +426,8 @@ def position_args(
         check.per_example_offset(_shape(host), q_len)
         t, s = check.q_kv_lengths(q_len, kv_len)
         shift = check.align_shift(align, t, s)  # type: ignore[arg-type]
-        lo, hi = _extremes(ops, host)
-        if lo is not None and hi is not None:
-            check.offsets_in_range(lo, hi, shift, t)
+        if (extremes := _extremes(host)) is not None:
+            check.offsets_in_range(*extremes, shift, t)
         return PositionArgs(t, s, shift, ops.asarray(host, device), None, None)
     q = None if q_positions is None else _position_array("q_positions", q_positions)
     kv = None if kv_positions is None else _position_array("kv_positions", kv_positions)
@@ -429,9 +435,8 @@ def position_args(
         q_len, kv_len, None if q is None else _shape(q), None if kv is None else _shape(kv), align, offset
     )
     for name, p in (("q_positions", q), ("kv_positions", kv)):
-        lo, hi = _extremes(ops, p)
-        if lo is not None and hi is not None:
-            check.positions_in_range(name, lo, hi)
+        if p is not None and (extremes := _extremes(p)) is not None:
+            check.positions_in_range(name, *extremes)
     return PositionArgs(
         t,
         s,
@@ -443,14 +448,13 @@ def position_args(
 
 
 def _position_array(name: str, x: Any) -> Any:
-    """An integer array, read on the host first when it is host data (lists, NumPy)."""
-    if array_backend(x) == "numpy":
-        return integers(NUMPY, name, x)
-    backend_ops = _ops_of(x)
-    return integers(backend_ops, name, x)
+    """An integer array of the framework it comes in (NumPy for host data: lists, NumPy), so that its
+    values are checked before the backend could narrow them (jax without x64)."""
+    return integers(_ops_of(x), name, x)
 
 
 def _ops_of(x: Any) -> ArrayOps:
+    """The array operations of x's own framework (NumPy for host data)."""
     from ._backends import get_backend
 
     ops: ArrayOps = get_backend(array_backend(x)).OPS
@@ -461,15 +465,10 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(x.shape)
 
 
-def _extremes(ops: ArrayOps, x: Any) -> tuple[int | None, int | None]:
-    """(min, max) of an integer array whose values can be read now, else (None, None)."""
-    if x is None or math.prod(_shape(x)) == 0:
-        return None, None
-    owner = NUMPY if isinstance(x, np.ndarray) else _ops_of(x)
-    if not owner.concrete(x):
-        return None, None
-    host = owner.to_numpy(x)
-    return int(host.min()), int(host.max())
+def _extremes(x: Any) -> tuple[int, int] | None:
+    """(min, max) of a non-empty integer array whose values can be read now, else None."""
+    values = _readable(_ops_of(x), x) if math.prod(_shape(x)) else None
+    return None if values is None else (int(values.min()), int(values.max()))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -516,6 +515,41 @@ def packed_total(name: str, last: int | None, total_name: str, total: object) ->
     if n is None:
         raise check.traced(name, f"pass {total_name}= (a Python int: the packed length)")
     return n
+
+
+class VarlenCall(NamedTuple):
+    cu_q: Any
+    cu_k: Any  # cu_q itself for self-attention
+    total_q: int
+    total_k: int
+    lo: int  # varlen_mask keeps lo <= (q - p) - (len_k - len_q) <= hi
+    hi: int
+
+
+def varlen_call(
+    ops: ArrayOps,
+    cu_seqlens_q: Any,
+    cu_seqlens_k: Any,
+    causal: object,
+    window: object,
+    total_q: object,
+    total_k: object,
+    device: Any = None,
+) -> VarlenCall:
+    """varlen_mask's arguments, checked once: the cu_seqlens (on one device), the packed totals and the
+    diagonal bounds of causal and window."""
+    if device is None:
+        device = ops.device_of({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k})
+    cu_q, last_q = cu_seqlens(ops, "cu_seqlens_q", cu_seqlens_q, device)
+    if cu_seqlens_k is None:
+        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
+    else:
+        (cu_k, last_k), name_k = cu_seqlens(ops, "cu_seqlens_k", cu_seqlens_k, device), "cu_seqlens_k"
+        check.same_sequences("cu_seqlens_q", ops.shape(cu_q), "cu_seqlens_k", ops.shape(cu_k))
+    t = packed_total("cu_seqlens_q", last_q, "total_q", total_q)
+    s = packed_total(name_k, last_k, "total_k", t if cu_seqlens_k is None and total_k is None else total_k)
+    lo, hi = check.varlen_bounds(causal, window, t, s)
+    return VarlenCall(cu_q, cu_k, t, s, lo, hi)
 
 
 def packed_segment_ids(ops: ArrayOps, name: str, x: Any, num_segments: object) -> tuple[Any, int]:

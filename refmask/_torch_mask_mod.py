@@ -167,12 +167,6 @@ def _positions(
     return p, q_pos, kv_pos, batch
 
 
-def _uses_positions(offset: Any, q_positions: Any, kv_positions: Any) -> bool:
-    return q_positions is not None or kv_positions is not None or isinstance(offset, torch.Tensor | list | tuple) or (
-        hasattr(offset, "shape")
-    )
-
-
 def causal(
     q_len: int | None = None,
     kv_len: int | None = None,
@@ -183,7 +177,7 @@ def causal(
     kv_positions: Any = None,
     device: Any = None,
 ) -> MaskMod:
-    if _uses_positions(offset, q_positions, kv_positions):
+    if arrays.uses_positions(offset, q_positions, kv_positions):
         p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
 
         def causal_at(b: Index, h: Index, q_idx: Index, kv_idx: Index) -> Index:
@@ -212,7 +206,7 @@ def sliding_window(
     device: Any = None,
 ) -> MaskMod:
     left, right = check.window(window)
-    if _uses_positions(offset, q_positions, kv_positions):
+    if arrays.uses_positions(offset, q_positions, kv_positions):
         p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
         lo, hi = check.position_window((left, right))
 
@@ -250,7 +244,7 @@ def chunked(
     device: Any = None,
 ) -> MaskMod:
     size = check.integer("chunk_size", chunk_size, minimum=1)
-    if _uses_positions(offset, q_positions, kv_positions):
+    if arrays.uses_positions(offset, q_positions, kv_positions):
         p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
         cp = check.position_chunk(size)
 
@@ -366,7 +360,7 @@ def prefix_lm(
     kv_positions: Any = None,
     device: Any = None,
 ) -> MaskMod:
-    if _uses_positions(offset, q_positions, kv_positions):
+    if arrays.uses_positions(offset, q_positions, kv_positions):
         p, q_pos, kv_pos, batch = _positions(q_len, kv_len, align, offset, q_positions, kv_positions, device)
         t, s = p.q_len, p.kv_len
     else:
@@ -405,16 +399,9 @@ def varlen(
 ) -> MaskMod:
     """The packed (document) mask_mod of varlen_mask: flash-attn's varlen masks over one packed batch (B = 1)."""
     device = _device({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k}, device)
-    self_attention = cu_seqlens_k is None
-    cu_q, last_q = arrays.cu_seqlens(OPS, "cu_seqlens_q", cu_seqlens_q, device)
-    if self_attention:
-        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
-    else:
-        (cu_k, last_k), name_k = arrays.cu_seqlens(OPS, "cu_seqlens_k", cu_seqlens_k, device), "cu_seqlens_k"
-        check.same_sequences("cu_seqlens_q", tuple(cu_q.shape), "cu_seqlens_k", tuple(cu_k.shape))
-    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
-    s = arrays.packed_total(name_k, last_k, "total_k", t if self_attention and total_k is None else total_k)
-    lo, hi = check.varlen_bounds(causal, window, t, s)
+    cu_q, cu_k, t, s, lo, hi = arrays.varlen_call(
+        OPS, cu_seqlens_q, cu_seqlens_k, causal, window, total_q, total_k, device
+    )
     seg_q = _tb.segment_ids_from_cu_seqlens(cu_q, t).to(torch.int64)
     seg_k = _tb.segment_ids_from_cu_seqlens(cu_k, s).to(torch.int64)
     # Each token's distance from its sequence's end, in queries or keys: bottom-right alignment compares them.

@@ -595,15 +595,7 @@ def varlen_mask(
     total_q defaults to cu_seqlens_q[-1], total_k to cu_seqlens_k[-1] (to total_q without cu_seqlens_k);
     larger totals add padding tokens that attend nowhere. They set the shape: under jax.jit pass both.
     """
-    cu_q, last_q = arrays.cu_seqlens(NUMPY, "cu_seqlens_q", cu_seqlens_q)
-    if cu_seqlens_k is None:
-        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
-    else:
-        (cu_k, last_k), name_k = arrays.cu_seqlens(NUMPY, "cu_seqlens_k", cu_seqlens_k), "cu_seqlens_k"
-        check.same_sequences("cu_seqlens_q", cu_q.shape, "cu_seqlens_k", cu_k.shape)
-    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
-    s = arrays.packed_total(name_k, last_k, "total_k", t if cu_seqlens_k is None and total_k is None else total_k)
-    lo, hi = check.varlen_bounds(causal, window, t, s)
+    cu_q, cu_k, t, s, lo, hi = arrays.varlen_call(NUMPY, cu_seqlens_q, cu_seqlens_k, causal, window, total_q, total_k)
     keep = np.zeros((t, s), bool)
     for b in range(cu_q.shape[0] - 1):
         q0, q1, k0, k1 = int(cu_q[b]), int(cu_q[b + 1]), int(cu_k[b]), int(cu_k[b + 1])

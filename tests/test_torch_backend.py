@@ -538,6 +538,7 @@ def _mask_mod_pairs():
         ("or", rt.mask_mod.prefix_lm(np.array([2, 0, 7]), T, S) | rt.mask_mod.chunked(T, S, chunk_size=2),
          oracle.or_masks(oracle.prefix_lm_mask(np.array([2, 0, 7]), T, S), oracle.chunked_mask(T, S, chunk_size=2))),
         ("from-mask", rt.mask_mod.from_mask(causal_and_padding), causal_and_padding),
+        ("causal-numpy-int-offset", rt.mask_mod.causal(T, S, offset=np.int64(-1)), oracle.causal_mask(T, S, offset=-1)),
         ("offsets-causal", rt.mask_mod.causal(T, S, offset=np.array([0, 2, -3])),
          oracle.causal_mask(T, S, offset=np.array([0, 2, -3]))),
         ("positions-window-unbounded-left", rt.mask_mod.sliding_window(window=(None, 1), q_positions=Q_POSITIONS,

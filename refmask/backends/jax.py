@@ -387,15 +387,10 @@ def varlen_mask(
     total_q: int | None = None,
     total_k: int | None = None,
 ) -> jax.Array:
-    cu_q, last_q = _cu_seqlens("cu_seqlens_q", cu_seqlens_q)
-    if cu_seqlens_k is None:
-        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
-    else:
-        (cu_k, last_k), name_k = _cu_seqlens("cu_seqlens_k", cu_seqlens_k), "cu_seqlens_k"
-        check.same_sequences("cu_seqlens_q", cu_q.shape, "cu_seqlens_k", cu_k.shape)
-    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
-    s = arrays.packed_total(name_k, last_k, "total_k", t if cu_seqlens_k is None and total_k is None else total_k)
-    lo, hi = check.varlen_bounds(causal, window, t, s)
+    cu_k_given = None if cu_seqlens_k is None else _integers("cu_seqlens_k", cu_seqlens_k)
+    cu_q, cu_k, t, s, lo, hi = arrays.varlen_call(
+        OPS, _integers("cu_seqlens_q", cu_seqlens_q), cu_k_given, causal, window, total_q, total_k
+    )
     return _varlen_mask_jit(cu_q, cu_k, total_q=t, total_k=s, lo=lo, hi=hi)
 
 

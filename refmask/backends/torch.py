@@ -337,16 +337,7 @@ def varlen_mask(
     total_q: int | None = None,
     total_k: int | None = None,
 ) -> Mask:
-    device = _call_device({"cu_seqlens_q": cu_seqlens_q, "cu_seqlens_k": cu_seqlens_k})
-    cu_q, last_q = arrays.cu_seqlens(OPS, "cu_seqlens_q", cu_seqlens_q, device)
-    if cu_seqlens_k is None:
-        cu_k, name_k, last_k = cu_q, "cu_seqlens_q", last_q
-    else:
-        (cu_k, last_k), name_k = arrays.cu_seqlens(OPS, "cu_seqlens_k", cu_seqlens_k, cu_q.device), "cu_seqlens_k"
-        check.same_sequences("cu_seqlens_q", tuple(cu_q.shape), "cu_seqlens_k", tuple(cu_k.shape))
-    t = arrays.packed_total("cu_seqlens_q", last_q, "total_q", total_q)
-    s = arrays.packed_total(name_k, last_k, "total_k", t if cu_seqlens_k is None and total_k is None else total_k)
-    lo, hi = check.varlen_bounds(causal, window, t, s)
+    cu_q, cu_k, t, s, lo, hi = arrays.varlen_call(OPS, cu_seqlens_q, cu_seqlens_k, causal, window, total_q, total_k)
     if cu_q.shape[0] == 1:  # no sequence: every token is padding
         return torch.zeros((t, s), dtype=torch.bool, device=cu_q.device)
     seg_q, p, b = _token_segments(cu_q, t)
