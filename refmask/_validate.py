@@ -454,6 +454,17 @@ def sinks_shape(got: tuple[int, ...], scores_shape: tuple[int, ...], axis: int =
 EXACT_POSITIONS = 2**53
 
 
+def alibi_bias_args(
+    num_heads: object, q_len: object, kv_len: object, align: object, offset: object
+) -> tuple[int, int, int, int]:
+    """alibi_bias's (H, T, S, d): query i sits at i + d (offset plus align's shift), its distances exact."""
+    h = integer("num_heads", num_heads, minimum=1)
+    t, s = q_kv_lengths(q_len, kv_len)
+    d = aligned_offset(align, t, s, offset)
+    alibi_distances(d, t, s)
+    return h, t, s, d
+
+
 def alibi_distances(shift: int, q_len: int, kv_len: int) -> tuple[int, int]:
     """The range (lo, hi) of the distances j - i' = j - i - shift on a (q_len, kv_len) grid, refused (naming
     offset) beyond 2**53, where float64 no longer holds every integer."""

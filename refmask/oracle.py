@@ -513,10 +513,7 @@ def alibi_bias(
     Computed in float64 (distances exact up to 2**53) and rounded once to dtype (default "float32").
     """
     _check_device(device)
-    h = check.integer("num_heads", num_heads, minimum=1)
-    t, s = check.q_kv_lengths(q_len, kv_len)
-    d = check.aligned_offset(align, t, s, offset)
-    check.alibi_distances(d, t, s)
+    h, t, s, d = check.alibi_bias_args(num_heads, q_len, kv_len, align, offset)
     name = NUMPY.produced_dtype(_dtypes.float_dtype("dtype", dtype))
     distance = np.arange(s, dtype=np.float64)[None, :] - (np.arange(t, dtype=np.float64)[:, None] + float(d))
     slopes = np.exp2(_alibi_exponents(h))

@@ -490,10 +490,7 @@ def alibi_bias(
     dtype: Any = "float32",
     device: Any = None,
 ) -> jax.Array:
-    h = check.integer("num_heads", num_heads, minimum=1)
-    t, s = check.q_kv_lengths(q_len, kv_len)
-    d = check.aligned_offset(align, t, s, offset)
-    check.alibi_distances(d, t, s)
+    h, t, s, d = check.alibi_bias_args(num_heads, q_len, kv_len, align, offset)
     name = OPS.produced_dtype(_dtypes.float_dtype("dtype", dtype))
     cdt = _alibi_dtype()
     distance = jnp.arange(s, dtype=cdt)[None, :] - (jnp.arange(t, dtype=cdt)[:, None] + jnp.asarray(float(d), cdt))

@@ -422,10 +422,7 @@ def alibi_bias(
     dtype: Any = "float32",
     device: Any = None,
 ) -> torch.Tensor:
-    h = check.integer("num_heads", num_heads, minimum=1)
-    t, s = check.q_kv_lengths(q_len, kv_len)
-    d = check.aligned_offset(align, t, s, offset)
-    check.alibi_distances(d, t, s)
+    h, t, s, d = check.alibi_bias_args(num_heads, q_len, kv_len, align, offset)
     name = _dtypes.float_dtype("dtype", dtype)
     slopes = _alibi_slopes(h, OPS.device(device))
     i = torch.arange(t, dtype=slopes.dtype, device=slopes.device)
