@@ -43,15 +43,23 @@ def interleaved(fns: Mapping[str, Callable[[], Any]], repeats: int, calls: int =
             result[name] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:160]
     live = list(loops)
     times: dict[str, list[float]] = {name: [] for name in live}
-    for r in range(repeats):
-        order = live[r % len(live):] + live[: r % len(live)] if live else []
-        for name in order:
-            fn, n = fns[name], loops[name]
-            gc.collect()
-            start = time.perf_counter()
-            for _ in range(n):
-                _sync(fn())
-            times[name].append((time.perf_counter() - start) / n)
+    # As timeit does: no collector pauses inside a timing. One collection before them, not one per
+    # timing: a collection walks every object of the process, which costs more than a small call.
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(repeats):
+            order = live[r % len(live):] + live[: r % len(live)] if live else []
+            for name in order:
+                fn, n = fns[name], loops[name]
+                start = time.perf_counter()
+                for _ in range(n):
+                    _sync(fn())
+                times[name].append((time.perf_counter() - start) / n)
+    finally:
+        if enabled:
+            gc.enable()
     result.update({name: statistics.median(ts) for name, ts in times.items()})
     return result
 
