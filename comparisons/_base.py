@@ -4,6 +4,11 @@ An adapter is a function `fn(case) -> Native`: it turns a `comparisons.cases.Cas
 the case's dtype, a canonical mask with True = attend, and the mask's structure as a `Spec`) into
 one native framework call, and returns what that call returned as NumPy arrays in (B, H, T, S) /
 (B, H, T, D) layout. A case the native path cannot state raises NotExpressible with the reason.
+
+A case may also ask for kernel features (`Case.features()`: "softcap", "sinks", "grad"); a path states
+the ones it can in `Path.features`, and the matrix does not call it on a case that needs another. A
+"grad" case carries `d_out`: the path returns, in `Native.grads`, the gradients of sum(d_out * output)
+with respect to q, k and v, through the framework's own autodiff.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+FEATURES = ("softcap", "sinks", "grad")
 
 
 class NotExpressible(Exception):
@@ -25,6 +32,7 @@ class Native:
     weights: np.ndarray | None = None
     output: np.ndarray | None = None
     qkv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    grads: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (dq, dk, dv) for a "grad" case
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,7 @@ class Path:
     title: str
     fn: Callable[..., Native]
     convention: str  # one line: how refmask's mask is translated for this path
+    features: frozenset[str] = frozenset()  # the kernel features it states: "softcap", "sinks", "grad"
 
 
 def check_expressible(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"),

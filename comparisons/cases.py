@@ -26,6 +26,8 @@ class Spec:
     window: (left, right) sliding window around the (top-left aligned) query position.
     kv_lengths / q_lengths: per-batch lengths of valid keys / queries, padding on `side`.
     segments: (B, T) segment ids of packed sequences (self-attention, T = S).
+    offset: per-example KV-cache offsets (B,), with causal="top_left": query i of example b sits at
+    position offset[b] + i, so it sees keys j <= offset[b] + i (decoding into a cache of S slots).
     """
 
     causal: str | None = None
@@ -34,10 +36,11 @@ class Spec:
     q_lengths: tuple[int, ...] | None = None
     side: str = "right"
     segments: tuple[tuple[int, ...], ...] | None = None
+    offset: tuple[int, ...] | None = None
 
     def parts(self) -> set[str]:
         """Names of the structural parts present: {"causal", "window", "kv_lengths", ...}."""
-        names = ("causal", "window", "kv_lengths", "q_lengths", "segments")
+        names = ("causal", "window", "kv_lengths", "q_lengths", "segments", "offset")
         return {n for n in names if getattr(self, n) is not None}
 
 
@@ -55,6 +58,15 @@ class Case:
     masks: dict[str, np.ndarray]  # label -> canonical mask; the first is the one mask-taking paths get
     poison: str | None = None  # "nan" / "inf": what the scores hold at masked positions
     notes: str = ""
+    softcap: float | None = None  # scores s -> softcap * tanh(s / softcap), after scaling, before masking
+    sinks: np.ndarray | None = None  # (H,) float32 sink logits: one extra column in each row's softmax
+    d_out: np.ndarray | None = None  # (B, H, T, D): a "grad" case's cotangent of the output
+    fill_dtype: str | None = None  # paths taking an additive mask build it in this dtype, then cast up
+
+    def features(self) -> set[str]:
+        """The kernel features the case needs beyond a mask: {"softcap", "sinks", "grad"} or fewer."""
+        wanted = {"softcap": self.softcap, "sinks": self.sinks, "grad": self.d_out}
+        return {name for name, value in wanted.items() if value is not None}
 
     @property
     def mask(self) -> np.ndarray:
@@ -68,7 +80,9 @@ class Case:
 
 def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None) -> np.ndarray:
     parts: list[np.ndarray] = [np.ones((1, 1, t, s), bool)]
-    if spec.causal is not None:
+    if spec.offset is not None:
+        parts.append(oracle.causal_mask(t, s, offset=np.array(spec.offset)))
+    elif spec.causal is not None:
         parts.append(oracle.causal_mask(t, s, align=align or spec.causal))
     if spec.window is not None:
         parts.append(oracle.sliding_window_mask(t, s, window=spec.window))
@@ -97,10 +111,15 @@ def _case(
     poison: str | None = None,
     seed: int = 0,
     notes: str = "",
+    softcap: float | None = None,
+    sinks: tuple[float, ...] | None = None,
+    grad: bool = False,
+    fill_dtype: str | None = None,
+    q_scale: float = 1.0,
 ) -> Case:
     s = t if s is None else s
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((b, h, t, d))
+    q = q_scale * rng.standard_normal((b, h, t, d))
     k = rng.standard_normal((b, h, s, d))
     v = rng.standard_normal((b, h, s, d))
     if spec.causal == "either":
@@ -119,14 +138,17 @@ def _case(
             k[np.broadcast_to(dead_keys[:, None, :], (b, h, s))] = 0.0
             k[..., 0] = np.where(dead_keys[:, None, :], np.inf, k[..., 0])
     dt = numpy_dtype(dtype)
-    return Case(id_, title, dtype, q.astype(dt), k.astype(dt), v.astype(dt), spec, masks, poison, notes)
+    d_out = rng.standard_normal((b, h, t, d)).astype(dt) if grad else None
+    sink_logits = None if sinks is None else np.array(sinks, np.float32)
+    return Case(id_, title, dtype, q.astype(dt), k.astype(dt), v.astype(dt), spec, masks, poison, notes,
+                softcap, sink_logits, d_out, fill_dtype)
 
 
 def all_cases() -> list[Case]:
     """The matrix's columns, in order.
 
-    All but three share one shape (B=4, H=2, T=S=6, D=4, float32), so a framework that compiles
-    per shape (JAX) compiles once for them; the matrix stays well under a minute.
+    Most share one shape (B=4, H=2, T=S=6, D=4, float32), so a framework that compiles per shape
+    (JAX) compiles once for them; the matrix stays well under a minute.
     """
     lengths = (4, 1, 6, 3)
     return [
@@ -157,4 +179,28 @@ def all_cases() -> list[Case]:
         _case("bfloat16-fills", "bfloat16 fills", Spec(causal="top_left", kv_lengths=(6, 3, 0, 5)),
               dtype="bfloat16", seed=11,
               notes="bfloat16, causal + key padding (lengths 6, 3, 0, 5: item 2 fully masked)"),
+        _case("float16-fills-upcast", "float16 fills upcast", Spec(causal="top_left", kv_lengths=(6, 3, 0, 5)),
+              fill_dtype="float16", seed=12,
+              notes="float32 scores, causal + key padding (lengths 6, 3, 0, 5); paths taking an additive mask "
+                    "build it in float16 (finfo.min = -65504) and cast it to float32, as a model in half "
+                    "precision does when it upcasts its softmax"),
+        _case("causal-window", "causal window", Spec(causal="top_left", window=(2, 0)), seed=13,
+              notes="causal sliding window: query i sees keys i-2 .. i; each path states it in its own "
+                    "convention through refmask.conventions (Hugging Face sliding_window=3, attention-gym "
+                    "window_size=2, jax local_window_size=(2, 0))"),
+        _case("decode-offset", "decode, per-example cache offset", Spec(causal="top_left", offset=(5, 2, 6, 0)),
+              t=2, s=8, seed=14,
+              notes="2 new queries into a cache of 8 slots; example b's queries sit at positions offset[b] and "
+                    "offset[b] + 1, offsets 5, 2, 6, 0, so they see keys j <= offset[b] + i"),
+        _case("varlen-packed", "packed varlen", Spec(causal="top_left", segments=((0, 0, 0, 1, 1, 1, 1, 2, 2, 2),)),
+              b=1, t=10, seed=15,
+              notes="one packed row of 3 documents (lengths 3, 4, 3; cu_seqlens 0, 3, 7, 10), causal within each"),
+        _case("softcap", "softcap", Spec(causal="top_left"), softcap=2.0, q_scale=4.0, seed=16,
+              notes="causal, scores soft-capped: s -> 2 tanh(s / 2) after scaling (Gemma 2's attn_logit_softcapping)"),
+        _case("sinks", "sinks", Spec(causal="top_left", kv_lengths=(6, 2, 0, 4)), sinks=(0.5, -1.0), seed=17,
+              notes="causal + key padding (lengths 6, 2, 0, 4), one sink logit per head (0.5, -1.0) in every "
+                    "row's softmax denominator (gpt-oss); a row with no kept key gives 0"),
+        _case("gradients", "gradients", Spec(kv_lengths=(2, 4, 6, 5), q_lengths=(3, 1, 6, 4)), grad=True, seed=18,
+              notes="the fully-masked-row case's gradients through the path's autodiff, against "
+                    "refmask.attention_vjp: finite on fully-masked rows and equal elsewhere"),
     ]

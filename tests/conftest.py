@@ -65,12 +65,18 @@ def pytest_xdist_make_scheduler(config, log):
     class ByCatalogueCase(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             module = nodeid.split("::", 1)[0]
+            if nodeid.split("::")[-1].split("[")[0] in _OWN_SCOPE_TESTS:
+                return nodeid
             case = next((s for s in suffixes if nodeid.endswith(s)), None)
             # Other tests go by module: a module's fixtures (a bench run, a matrix) are built once.
             return module if case is None else f"{module}::{case}"
 
     return ByCatalogueCase(config, log)
 
+
+# Long tests that share nothing with their module's other tests: each is a scope of its own, so their
+# parametrizations (one matrix per framework) run on every worker.
+_OWN_SCOPE_TESTS = ("test_matrix_equals_the_committed_expectation",)
 
 # Modules of the longest scopes, scheduled first (in this order: the longest single scope first, --no-
 # loadscope-reorder keeps it) so that no worker is left alone with one of them at the end.

@@ -2,10 +2,10 @@
 
 - Each adapter is a worked example of stating refmask's masks in a framework, so each must
   reproduce the oracle on simple cases (causal T=S for all; right padding where expressible).
-- The whole matrix, run through `python -m refmask compare --format json`, must equal the
-  committed comparisons/expected.json for the pinned framework versions: a framework upgrade that
-  changes a behaviour shows up as a failing diff (regenerate the files, review the diff, commit).
-  With other versions installed that test is skipped, naming both.
+- The whole matrix, one framework per test (as `refmask compare --framework NAME` runs it), must
+  equal the committed comparisons/expected.json for the pinned framework versions: a framework
+  upgrade that changes a behaviour shows up as a failing diff (regenerate the files, review the
+  diff, commit). With other versions installed that framework's test is skipped, naming both.
 - Nothing here imports a framework at collection: a test that needs one is skipped, with the
   install hint, where it is not installed.
 """
@@ -25,6 +25,7 @@ import pytest
 from comparisons._base import NotExpressible
 from comparisons._base import Path as NativePath
 from comparisons.cases import Case, all_cases
+from comparisons.matrix.engine import run_matrix
 from comparisons.matrix.evaluate import evaluate
 from comparisons.matrix.frameworks import FRAMEWORKS, Framework, load_paths, missing_reason
 from comparisons.matrix.render import render_markdown
@@ -56,9 +57,10 @@ def needs(framework: str) -> None:
 
 
 @functools.cache
-def _loaded() -> tuple[dict[str, NativePath], dict[str, str]]:
-    paths, _, versions = load_paths()
-    return {p.id: p for p in paths}, versions
+def _loaded(framework: str) -> tuple[dict[str, NativePath], str]:
+    """One framework's paths and version (only its adapters are imported)."""
+    paths, _, versions = load_paths([framework])
+    return {p.id: p for p in paths}, versions[framework]
 
 
 @functools.cache
@@ -81,7 +83,7 @@ def case(case_id: str) -> Case:
 
 def native_path(path_id: str, framework: str) -> NativePath:
     needs(framework)
-    paths, _ = _loaded()
+    paths, _ = _loaded(framework)
     assert path_id in paths, f"{path_id} is in comparisons/expected.json but no adapter defines it; {REGENERATE}"
     return paths[path_id]
 
@@ -113,11 +115,12 @@ def test_adapter_reproduces_the_oracle_on_padding(path_id, framework):
                            "torch.mha-square-subsequent"}
 
 
-def test_every_adapter_is_in_the_committed_matrix():
-    """No adapter escapes the parametrized tests above: the loaded paths are the committed rows."""
-    paths, _ = _loaded()
-    installed = {p["id"] for p in COMMITTED["paths"] if missing_reason(p["framework"]) is None}
-    assert set(paths) == installed, REGENERATE
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_every_adapter_is_in_the_committed_matrix(framework):
+    """No adapter escapes the parametrized tests above: a framework's loaded paths are its committed rows."""
+    needs(framework)
+    paths, _ = _loaded(framework)
+    assert list(paths) == [p["id"] for p in COMMITTED["paths"] if p["framework"] == framework], REGENERATE
 
 
 def test_flex_mask_mod_states_the_mask():
@@ -171,26 +174,37 @@ def _comparable(result: dict) -> dict:
     }
 
 
-def _pinned(versions: dict) -> dict:
-    return {k: v for k, v in versions.items() if k in FRAMEWORKS}
-
-
-def test_matrix_equals_the_committed_expectation():
-    """The full `python -m refmask compare --format json` equals comparisons/expected.json."""
-    _, versions = _loaded()
-    recorded, installed = _pinned(COMMITTED["versions"]), _pinned(versions)
-    if recorded != installed:
-        pytest.skip(f"the matrix was recorded with {recorded}, installed here are {installed}: install "
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_matrix_equals_the_committed_expectation(framework):
+    """A framework's rows of the matrix (run_matrix, as `refmask compare --framework NAME` runs it) equal
+    its rows of comparisons/expected.json; one test per framework, so they run in parallel."""
+    needs(framework)
+    _, version = _loaded(framework)
+    recorded = COMMITTED["versions"].get(framework)
+    if recorded != version:
+        pytest.skip(f"the matrix was recorded with {framework} {recorded}, installed here is {version}: install "
                     f"constraints.txt's pins to check it, or {REGENERATE}")
-    proc = subprocess.run([sys.executable, "-m", "refmask", "compare", "--format", "json"],
-                          capture_output=True, text=True, cwd=ROOT)
+    got = run_matrix([framework])
+    assert [c["id"] for c in got["cases"]] == [c["id"] for c in COMMITTED["cases"]]
+    committed_rows = {p["id"] for p in COMMITTED["paths"] if p["framework"] == framework}
+    want = {key: value for key, value in _comparable(COMMITTED).items() if key[0] in committed_rows}
+    have = _comparable(got)
+    changed = [f"{k[0]} × {k[1]}: expected {want.get(k)}, got {have.get(k)}"
+               for k in want.keys() | have.keys() if have.get(k) != want.get(k)]
+    assert not changed, "the matrix changed:\n" + "\n".join(sorted(changed)) + f"\n{REGENERATE}"
+
+
+def test_compare_command_prints_the_matrix_as_json():
+    """`python -m refmask compare --format json` (one small framework, so it stays cheap) is the engine's
+    result: the same cells as run_matrix."""
+    needs("jax")
+    argv = ["compare", "--framework", "jax", "--case", "causal-square", "--case", "fully-masked-batch",
+            "--format", "json"]
+    proc = subprocess.run([sys.executable, "-m", "refmask", *argv], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    assert [c["id"] for c in got["cases"]] == [c["id"] for c in COMMITTED["cases"]]
-    assert [p["id"] for p in got["paths"]] == [p["id"] for p in COMMITTED["paths"]]
-    want, have = _comparable(COMMITTED), _comparable(got)
-    changed = [f"{k[0]} × {k[1]}: expected {want[k]}, got {have.get(k)}" for k in want if have.get(k) != want[k]]
-    assert not changed, "the matrix changed:\n" + "\n".join(changed) + f"\n{REGENERATE}"
+    expected = run_matrix(["jax"], cases_filter=["causal-square", "fully-masked-batch"])
+    assert _comparable(got) == _comparable(expected)
 
 
 def test_results_md_renders_expected_json():
@@ -263,7 +277,8 @@ def test_compare_with_no_framework_says_what_to_install(monkeypatch, capsys):
     assert captured.out == ""
     [line] = captured.err.splitlines()
     assert line.startswith("refmask compare: no framework to compare")
-    assert 'pip install "refmask[torch,jax,flax]"' in line and 'pip install -e ".[torch,jax,flax]"' in line
+    extras = ",".join(FRAMEWORKS)  # each stand-in framework is its own extra here
+    assert f'pip install "refmask[{extras}]"' in line and f'pip install -e ".[{extras}]"' in line
 
 
 def test_compare_on_a_numpy_only_install_is_one_line(tmp_path):
@@ -273,7 +288,8 @@ def test_compare_on_a_numpy_only_install_is_one_line(tmp_path):
     assert proc.stdout == ""
     [line] = proc.stderr.splitlines()
     assert line.startswith("refmask compare: no framework to compare"), line
-    assert 'pip install "refmask[torch,jax]"' in line and 'pip install -e ".[torch,jax]"' in line
+    extras = ",".join(dict.fromkeys(f.extra for f in FRAMEWORKS.values()))  # torch,jax,compare
+    assert f'pip install "refmask[{extras}]"' in line and f'pip install -e ".[{extras}]"' in line
 
 
 def test_not_expressible_and_errors_are_cells_not_crashes():

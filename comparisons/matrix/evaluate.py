@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from refmask import oracle
 from refmask.testing import assert_attention_close, assert_weights_close
 
 from .._base import Native, NotExpressible, Path
 from ..cases import Case
 from .cell import POLICIES, Cell
 from .explain import explain
+from .reference import assert_gradients_agree, attention
+
+# What a path lacks when it cannot run a case that needs a kernel feature.
+_LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks", "grad": "no gradients (no autodiff)"}
 
 
-def _agrees(native: Native, q, k, v, mask: np.ndarray, policy: str) -> bool:
-    out, weights = oracle.attention(q, k, v, mask, fully_masked=policy, return_weights=True)
+def _agrees(native: Native, case: Case, q, k, v, mask: np.ndarray, policy: str) -> bool:
+    out, weights = attention(case, q, k, v, mask, policy)
     try:
         if native.weights is not None:
             assert_weights_close(native.weights, weights, mask=mask)
         if native.output is not None:
             assert_attention_close(native.output, out)
+        if case.d_out is not None:
+            if native.grads is None:
+                return False
+            assert_gradients_agree(native.grads, case, q, k, v, mask, policy)
     except AssertionError:
         return False
     return True
@@ -27,6 +34,9 @@ def _agrees(native: Native, q, k, v, mask: np.ndarray, policy: str) -> bool:
 
 def evaluate(path: Path, case: Case) -> Cell:
     """Run one native path on one case and compare it with the oracle under every policy."""
+    lacks = sorted(case.features() - path.features)
+    if lacks:
+        return Cell(path.id, case.id, "not expressible", reason="; ".join(_LACKS[f] for f in lacks))
     try:
         native = path.fn(case)
     except NotExpressible as err:
@@ -36,7 +46,7 @@ def evaluate(path: Path, case: Case) -> Cell:
         return Cell(path.id, case.id, "error", reason=f"{type(err).__name__}: {message}"[:200])
     q, k, v = native.qkv or (case.q, case.k, case.v)
     for label, mask in case.masks.items():
-        policies = [p for p in POLICIES if _agrees(native, q, k, v, mask, p)]
+        policies = [p for p in POLICIES if _agrees(native, case, q, k, v, mask, p)]
         if policies:
             return Cell(path.id, case.id, "agrees", policies, alignment=label)
     max_error, reason = explain(native, case, q, k, v, case.mask)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from refmask import oracle
 from refmask.testing import assert_attention_close, assert_weights_close
 
 from ..cases import Case
 from .cell import POLICIES
+from .reference import GRAD_NAMES, assert_gradients_agree, attention, gradients
 
 
 def _fully_masked_rows(mask: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -27,14 +27,14 @@ def _max_abs(a: np.ndarray, e: np.ndarray) -> float:
     return float(np.nan_to_num(d, nan=np.inf).max())
 
 
-def _row_behaviour(native, rows: np.ndarray, q, k, v, mask) -> str:
+def _row_behaviour(native, case: Case, rows: np.ndarray, q, k, v, mask) -> str:
     """What the path gives on fully-masked rows: "zero", "uniform", "nan", "mixed" or "other"."""
     kinds = set()
     for policy in (*POLICIES, "unmasked"):
         if policy == "unmasked":  # the row's plain softmax, as if nothing were masked
-            out, weights = oracle.attention(q, k, v, None, return_weights=True)
+            out, weights = attention(case, q, k, v, None, "zero")
         else:
-            out, weights = oracle.attention(q, k, v, mask, fully_masked=policy, return_weights=True)
+            out, weights = attention(case, q, k, v, mask, policy)
         ok = True
         for got, want in ((native.weights, weights), (native.output, out)):
             if got is None:
@@ -64,23 +64,50 @@ _ROW_WORDS = {
 }
 
 
-def _max_error(native, q, k, v, mask) -> float:
-    """max |native - oracle| over every entry, under the policy that makes it smallest (inf: a NaN
-    where the oracle has a number, or the reverse)."""
+def _max_error(native, case: Case, q, k, v, mask) -> float:
+    """max |native - oracle| over every entry (gradients included), under the policy that makes it
+    smallest (inf: a NaN where the oracle has a number, or the reverse)."""
     best = float("inf")
     for policy in POLICIES:
-        out, weights = oracle.attention(q, k, v, mask, fully_masked=policy, return_weights=True)
-        errors = [_max_abs(got, want) for got, want in ((native.weights, weights), (native.output, out))
-                  if got is not None]
-        best = min(best, max(errors))
+        out, weights = attention(case, q, k, v, mask, policy)
+        pairs = [(native.weights, weights), (native.output, out)]
+        if case.d_out is not None and native.grads is not None:
+            pairs += zip(native.grads, gradients(case, q, k, v, mask, policy)[0], strict=True)
+        best = min(best, max(_max_abs(got, want) for got, want in pairs if got is not None))
     return best
+
+
+def _gradient_reasons(native, case: Case, q, k, v, mask, full: np.ndarray) -> list[str]:
+    """Why a path's gradients differ: NaN on fully-masked rows or elsewhere, or entries beyond tolerance."""
+    if native.grads is None:
+        return ["the path returned no gradients"]
+    reasons = []
+    nan = {name: np.isnan(g.astype(np.float64)) for name, g in zip(GRAD_NAMES, native.grads, strict=True)}
+    if nan["dq"][full].any():
+        reasons.append("NaN gradients (dq) on fully-masked rows")
+    if nan["dq"][~full].any():
+        reasons.append("NaN gradients (dq) on rows with kept keys")
+    kv_nan = [name for name in ("dk", "dv") if nan[name].any()]
+    if kv_nan:
+        reasons.append(f"NaN in {' and '.join(kv_nan)}")
+    if reasons:
+        return reasons
+    errors = []
+    for policy in POLICIES:
+        try:
+            assert_gradients_agree(native.grads, case, q, k, v, mask, policy)
+        except AssertionError as err:
+            errors.append(str(err).splitlines()[0])
+        else:
+            return []  # the gradients agree; the forward pass is what differs
+    return [f"gradients beyond tolerance under every policy ({errors[0]})"]
 
 
 def explain(native, case: Case, q, k, v, mask) -> tuple[float, str]:
     """Max error and a one-line reason the path differs from the oracle under every policy."""
     full = _fully_masked_rows(mask, case.shape)
     kept = ~full
-    out, weights = oracle.attention(q, k, v, mask, fully_masked="zero", return_weights=True)
+    out, weights = attention(case, q, k, v, mask, "zero")
     found: dict[str, list[str]] = {}  # reason -> the returned arrays ("weights", "output") it applies to
     for name, got, want in (("weights", native.weights, weights), ("output", native.output, out)):
         if got is None:
@@ -106,7 +133,9 @@ def explain(native, case: Case, q, k, v, mask) -> tuple[float, str]:
             found.setdefault(f"{{}} of rows with kept keys beyond tolerance: {first}", []).append(name)
     reasons = [template.format(" and ".join(names)) for template, names in found.items()]
     if full.any():
-        behaviour = _row_behaviour(native, full, q, k, v, mask)
+        behaviour = _row_behaviour(native, case, full, q, k, v, mask)
         if behaviour in ("unmasked", "mixed", "other") or not reasons:
             reasons.append(f"fully-masked rows {_ROW_WORDS[behaviour]}")
-    return _max_error(native, q, k, v, mask), "; ".join(reasons) or "differs from the oracle"
+    if case.d_out is not None:
+        reasons += _gradient_reasons(native, case, q, k, v, mask, full)
+    return _max_error(native, case, q, k, v, mask), "; ".join(reasons) or "differs from the oracle"

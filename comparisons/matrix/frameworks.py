@@ -24,6 +24,12 @@ FRAMEWORKS = {
     "torch": Framework(("torch",), "torch", "comparisons.torch_paths"),
     "jax": Framework(("jax",), "jax", "comparisons.jax_paths"),
     "flax": Framework(("jax", "flax"), "jax", "comparisons.flax_paths"),
+    "onnx": Framework(("onnx", "onnxruntime"), "compare", "comparisons.onnx_paths"),
+    "transformers": Framework(("torch", "transformers"), "compare", "comparisons.hf_paths"),
+    "xformers": Framework(("torch", "xformers"), "compare", "comparisons.xformers_paths"),
+    "attn_gym": Framework(("torch", "attn_gym"), "compare", "comparisons.attn_gym_paths"),
+    "splash": Framework(("jax",), "jax", "comparisons.splash_paths"),
+    "keras": Framework(("jax", "keras"), "compare", "comparisons.keras_paths"),
 }
 
 
