@@ -4,7 +4,8 @@ Convention: a mask is a boolean array, True = "this query may attend to this key
 to the scores' shape (..., T, S). Every other convention enters and leaves through the converters
 (to_additive/from_additive, from_multiplicative, from_torch_mha/to_torch_mha, from_hf). The definitions live in
 refmask.oracle (pure NumPy); backend="jax" and backend="torch" are independent implementations
-held against it by the test suite. Importing refmask imports NumPy only.
+held against it by the test suite. refmask.show draws a mask (or where two masks disagree) as text or
+as a picture. Importing refmask imports NumPy only.
 """
 
 from ._api import (
@@ -42,6 +43,7 @@ from ._api import (
 )
 from ._arrays import AttentionGrads
 from ._backends import BACKENDS, installed_backends
+from ._show import show
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -74,6 +76,7 @@ __all__ = [
     "segment_ids_from_cu_seqlens",
     "segment_ids_from_positions",
     "segment_mask",
+    "show",
     "sliding_window_mask",
     "to_additive",
     "to_torch_mha",

@@ -12,17 +12,21 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ._version import __version__
+
 # `comparisons` is installed with refmask as a top-level package of its own (see pyproject.toml).
 COMMANDS = {
     "compare": "comparisons.matrix.command",
-    "show": "refmask.show",
+    "show": "refmask._show_cli",
     "bench": "comparisons.bench.command",
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `refmask` command with `argv` (default: sys.argv[1:]); its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="refmask", description="refmask: attention masks, one meaning everywhere")
+    parser.add_argument("--version", action="version", version=f"refmask {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, module_name in COMMANDS.items():

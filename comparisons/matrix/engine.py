@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -19,23 +20,30 @@ FORMAT_VERSION = 1
 
 
 class Progress:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr, never wider than the terminal (its last column left free, so the
+    line cannot wrap): the bar, the count, then as much of the label as fits."""
 
     def __init__(self, total: int, enabled: bool, width: int = 30):
         self.total, self.enabled, self.width, self.done = total, enabled, width, 0
+        self.columns = max(shutil.get_terminal_size((80, 24)).columns - 1, 20)
 
     def step(self, label: str) -> None:
         self.done += 1
         if not self.enabled:
             return
-        filled = self.width * self.done // max(self.total, 1)
-        bar = "█" * filled + "░" * (self.width - filled)
-        sys.stderr.write(f"\r{bar} {self.done}/{self.total} {label[:60]:<60}")
+        count = f"{self.done}/{self.total}"
+        bar_width = max(5, min(self.width, self.columns - len(count) - 24))
+        filled = bar_width * self.done // max(self.total, 1)
+        line = f"{'█' * filled}{'░' * (bar_width - filled)} {count} "
+        room = self.columns - len(line)
+        if len(label) > room:
+            label = label[:max(room - 1, 0)] + "…"
+        sys.stderr.write("\r" + (line + label).ljust(self.columns))
         sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + " " * (self.width + 75) + "\r")
+            sys.stderr.write("\r" + " " * self.columns + "\r")
             sys.stderr.flush()
 
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import functools
+import os
+import struct
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 import refmask
-from refmask._backends import from_numpy
+from refmask._backends import from_numpy, missing_dependency
 
 from ..modes import Sizes
-from ..rows import Row, fmt
+from ..rows import Row, fmt, own_row
 from ..timing import interleaved
+
+PNG_MAX_SECONDS = 1.5  # drawing a (T, T) mask as a PNG, whatever T: one image, not a patch per entry
 
 
 def mask_calls(b: int, t: int) -> tuple[list[tuple[str, tuple[int, ...], Callable[..., Any]]], dict[str, np.ndarray]]:
@@ -63,6 +68,21 @@ def _nbytes(x: Any) -> int:
     return int(x.numel() * x.element_size())  # torch
 
 
+def png_row(t: int, repeats: int) -> Row:
+    """refmask.show(causal_mask(t), png=...): the time to draw and write the PNG, and its size in pixels."""
+    subject = f"show(causal_mask({t}), png=) (drawing)"
+    why = missing_dependency("matplotlib", "plot", "drawing a PNG")
+    if why is not None:
+        return Row(5, "numpy", subject, "", max_value=PNG_MAX_SECONDS, skipped=why)
+    mask = refmask.causal_mask(t)
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "mask.png")
+        times = interleaved({"refmask": lambda: refmask.show(mask, png=path, format="figure")}, repeats)
+        with open(path, "rb") as f:
+            width, height = struct.unpack(">II", f.read(24)[16:24])  # the PNG's IHDR chunk
+    return own_row(5, "numpy", subject, times, PNG_MAX_SECONDS, note=f"{width} x {height} px")
+
+
 def case_masks(sizes: Sizes, backends: dict[str, str]) -> list[Row]:
     b, t = sizes.masks
     calls, arrays = mask_calls(b, t)
@@ -90,4 +110,6 @@ def case_masks(sizes: Sizes, backends: dict[str, str]) -> list[Row]:
                 if not row.passed:
                     row.note += f"; smallest is {smallest}"
             rows.append(row)
+        if backend == "numpy":
+            rows.append(png_row(t, min(sizes.repeats, 3)))
     return rows
