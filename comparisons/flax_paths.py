@@ -7,7 +7,9 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
   replaced by finfo(dtype).min before the softmax (so a fully-masked row comes out uniform).
 - Flax builds masks with make_attention_mask(query_input, key_input, pairwise_fn) ->
   pairwise_fn(q[b, i], k[b, j]) as (B, 1, T, S), make_causal_mask(x) (square, top-left) and
-  combine_masks(*masks) (their and).
+  combine_masks(*masks) (their and). A causal mask that is not square and top-left (T != S, a
+  per-example KV-cache offset) is make_attention_mask of query and key positions, jnp.greater_equal.
+- Gradients: jax.vjp, as in jax_paths (run_forward).
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import flax
 import flax.linen as fnn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ._base import Native, Path
-from .jax_paths import btnh_qkv, to_bhtd
+from ._base import Path
+from .jax_paths import to_btnh, vjp_path
 
 FRAMEWORK_VERSION = flax.__version__
 
@@ -28,20 +29,16 @@ def flax_mask(case) -> jax.Array | None:
     """The case's mask built with Flax's own helpers, (B, 1, T, S), from its structure (None: no mask)."""
     spec = case.spec
     b, _, t, s = case.shape
+    k_pos = jnp.broadcast_to(jnp.arange(s), (b, s))
     masks = []
-    if spec.causal is not None:
-        if t == s:
-            masks.append(fnn.make_causal_mask(jnp.ones((b, t))))
-        else:
-            # make_causal_mask is square; T != S goes through positions (bottom-right: the last
-            # query sits at the last key, as in KV-cache decoding).
-            shift = s - t if spec.causal in ("bottom_right", "either") else 0
-            q_pos = jnp.broadcast_to(jnp.arange(t) + shift, (b, t))
-            k_pos = jnp.broadcast_to(jnp.arange(s), (b, s))
-            masks.append(fnn.make_attention_mask(q_pos, k_pos, jnp.greater_equal))
+    if spec.causal is not None and t == s and spec.offset is None:
+        masks.append(fnn.make_causal_mask(jnp.ones((b, t))))
+    elif spec.causal is not None:
+        # make_causal_mask is square and top-left; otherwise causal goes through positions.
+        masks.append(fnn.make_attention_mask(_query_positions(spec, b, t, s), k_pos, jnp.greater_equal))
     if spec.window is not None:
         left, right = spec.window
-        q_pos, k_pos = jnp.broadcast_to(jnp.arange(t), (b, t)), jnp.broadcast_to(jnp.arange(s), (b, s))
+        q_pos = jnp.broadcast_to(jnp.arange(t), (b, t))
         masks.append(fnn.make_attention_mask(q_pos, k_pos, lambda i, j: (j >= i - left) & (j <= i + right)))
     if spec.kv_lengths is not None:
         kv_valid = _valid(spec.kv_lengths, s, spec.side)
@@ -53,29 +50,42 @@ def flax_mask(case) -> jax.Array | None:
     return fnn.combine_masks(*masks)
 
 
+def _query_positions(spec, b: int, t: int, s: int) -> jax.Array:
+    """(B, T) positions of the queries among the keys: offset[b] + i with a per-example KV-cache offset,
+    S - T + i bottom-right (the last query at the last key, as in decoding), else i."""
+    if spec.offset is not None:
+        return jnp.asarray(spec.offset)[:, None] + jnp.arange(t)[None, :]
+    shift = s - t if spec.causal in ("bottom_right", "either") else 0
+    return jnp.broadcast_to(jnp.arange(t) + shift, (b, t))
+
+
 def _valid(lengths, n: int, side: str) -> jax.Array:
     pos = jnp.arange(n)[None, :]
     lengths = jnp.asarray(lengths)[:, None]
     return pos < lengths if side == "right" else pos >= n - lengths
 
 
-def flax_weights(case) -> Native:
-    """flax.linen.dot_product_attention_weights(q, k, mask=flax_mask(case))."""
-    q, k, _ = btnh_qkv(case)
-    weights = fnn.dot_product_attention_weights(q, k, mask=flax_mask(case), deterministic=True)
-    return Native(weights=np.asarray(weights))  # already (B, N, T, S)
+@vjp_path
+def flax_weights(q, k, v, case):
+    """flax.linen.dot_product_attention_weights(q, k, mask=flax_mask(case)), and weights @ v as the
+    output (the one the gradients are of)."""
+    weights = fnn.dot_product_attention_weights(to_btnh(q), to_btnh(k), mask=flax_mask(case), deterministic=True)
+    return weights @ v, weights  # weights are already (B, N, T, S)
 
 
-def flax_attention(case) -> Native:
+@vjp_path
+def flax_attention(q, k, v, case):
     """flax.linen.dot_product_attention(q, k, v, mask=flax_mask(case))."""
-    q, k, v = btnh_qkv(case)
-    out = fnn.dot_product_attention(q, k, v, mask=flax_mask(case), deterministic=True)
-    return Native(output=to_bhtd(out))
+    out = fnn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), mask=flax_mask(case), deterministic=True)
+    return out.transpose(0, 2, 1, 3), None
 
+
+GRAD = frozenset({"grad"})
 
 PATHS = [
     Path("flax.dot_product_attention_weights", "flax", "flax.linen.dot_product_attention_weights",
-         flax_weights, "mask from make_attention_mask / make_causal_mask / combine_masks"),
+         flax_weights, "mask from make_attention_mask / make_causal_mask / combine_masks; weights and weights @ v",
+         GRAD),
     Path("flax.dot_product_attention", "flax", "flax.linen.dot_product_attention", flax_attention,
-         "mask from make_attention_mask / make_causal_mask / combine_masks"),
+         "mask from make_attention_mask / make_causal_mask / combine_masks", GRAD),
 ]

@@ -6,24 +6,30 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
   mask= is bool with True = attend, broadcastable to (B, N, T, S), the same as refmask's.
   is_causal=True is the top-left causal mask; query_seq_lengths / key_value_seq_lengths (B,) state
   right padding (valid tokens first); local_window_size=(left, right) keeps keys i-left .. i+right.
+  refmask.conventions.jax_local_window_size says what each local_window_size means.
 - jax.nn.softmax(x, where=mask): True = included in the softmax (the same as refmask's keep).
+- Gradients: jax.vjp of the output, pulled back from d_out (the gradient of sum(d_out * output)).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._base import Native, Path, check_expressible
+from refmask import conventions
+
+from ._base import Native, NotExpressible, Path, check_expressible
 
 FRAMEWORK_VERSION = jax.__version__
 
 
-def to_btnh(x: np.ndarray) -> jax.Array:
+def to_btnh(x: np.ndarray | jax.Array) -> jax.Array:
     """refmask's (B, H, T, D) -> JAX's and Flax's (B, T, N, H) layout."""
     return jnp.asarray(x).transpose(0, 2, 1, 3)
 
@@ -37,51 +43,109 @@ def btnh_qkv(case):
 
 
 # ----------------------------------------------------------------------------------------------
+# running a forward, with or without jax.vjp
+
+# forward(q, k, v, case) -> (output, weights or None), on jax arrays in refmask's (B, H, T, D) layout.
+Forward = Callable[[jax.Array, jax.Array, jax.Array, Any], tuple[jax.Array, jax.Array | None]]
+
+
+def run_forward(forward: Forward, case) -> Native:
+    """Run forward(q, k, v, case) on the case's arrays; on a "grad" case also return the gradients of
+    sum(d_out * output) w.r.t. q, k and v: jax.vjp's pullback of d_out, under jax.jit (as a training
+    step runs; eager, each primitive of the backward would compile on its own, many times slower)."""
+    q, k, v = (jnp.asarray(x) for x in (case.q, case.k, case.v))
+    if case.d_out is None:
+        out, weights = forward(q, k, v, case)
+        return Native(weights=None if weights is None else np.asarray(weights), output=np.asarray(out))
+
+    @jax.jit
+    def forward_and_pullback(q, k, v, d_out):
+        out, pullback, weights = jax.vjp(lambda q, k, v: forward(q, k, v, case), q, k, v, has_aux=True)
+        return out, weights, pullback(d_out)
+
+    out, weights, (dq, dk, dv) = forward_and_pullback(q, k, v, jnp.asarray(case.d_out))
+    return Native(weights=None if weights is None else np.asarray(weights), output=np.asarray(out),
+                  grads=(np.asarray(dq), np.asarray(dk), np.asarray(dv)))
+
+
+def vjp_path(forward: Forward) -> Callable[[Any], Native]:
+    """The adapter fn(case) -> Native that runs `forward` through run_forward (name and docstring kept)."""
+
+    @functools.wraps(forward)
+    def fn(case) -> Native:
+        return run_forward(forward, case)
+
+    return fn
+
+
+def _dpa(q, k, v, **kwargs) -> jax.Array:
+    """jax.nn.dot_product_attention on (B, H, T, D) arrays (it takes and returns (B, T, N, H))."""
+    out = jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), implementation="xla", **kwargs)
+    return out.transpose(0, 2, 1, 3)
+
+
+def local_window_size(window: tuple[int, int]) -> int | tuple[int, int]:
+    """jax's local_window_size for refmask's window=(left, right): the int w, else the pair (l, r), that
+    refmask.conventions.jax_local_window_size maps to it; NotExpressible where none does."""
+    left, right = window
+    candidates: list[int | tuple[int, int]] = [left] if left == right else []
+    for arg in [*candidates, (left, right)]:
+        try:
+            if conventions.jax_local_window_size(arg) == window:
+                return arg
+        except (TypeError, ValueError):  # e.g. an unbounded (None) side: jax has none
+            continue
+    raise NotExpressible(f"no local_window_size means window={window}")
+
+
+# ----------------------------------------------------------------------------------------------
 # jax.nn
 
 
-def jax_dpa_mask(case) -> Native:
+@vjp_path
+def jax_dpa_mask(q, k, v, case):
     """jax.nn.dot_product_attention(mask=mask): the mask means what refmask's means."""
-    q, k, v = btnh_qkv(case)
-    out = jax.nn.dot_product_attention(q, k, v, mask=jnp.asarray(case.mask), implementation="xla")
-    return Native(output=to_bhtd(out))
+    return _dpa(q, k, v, mask=jnp.asarray(case.mask)), None
 
 
-def jax_dpa_structure(case) -> Native:
+@vjp_path
+def jax_dpa_structure(q, k, v, case):
     """jax.nn.dot_product_attention with the mask stated by its structure: is_causal=True (causal),
-    key_value_seq_lengths / query_seq_lengths (right padding), local_window_size=(left, right)."""
+    key_value_seq_lengths / query_seq_lengths (right padding), local_window_size (the window, through
+    refmask.conventions.jax_local_window_size); it has no per-example offset and no segment ids."""
     check_expressible(
         case, parts={"causal", "window", "kv_lengths", "q_lengths"}, side="right",
-        why="is_causal / seq lengths / local_window_size state top-left causal, right padding and windows only",
+        why="is_causal / seq lengths / local_window_size state top-left causal, right padding and windows only "
+            "(no per-example offset, no segment ids, no left padding)",
     )
     spec = case.spec
-    q, k, v = btnh_qkv(case)
     kwargs: dict[str, Any] = {}
     if spec.causal is not None:
         kwargs["is_causal"] = True
     if spec.window is not None:
-        kwargs["local_window_size"] = spec.window
+        kwargs["local_window_size"] = local_window_size(spec.window)
     if spec.kv_lengths is not None:
         kwargs["key_value_seq_lengths"] = jnp.asarray(spec.kv_lengths, jnp.int32)
     if spec.q_lengths is not None:
         kwargs["query_seq_lengths"] = jnp.asarray(spec.q_lengths, jnp.int32)
-    out = jax.nn.dot_product_attention(q, k, v, implementation="xla", **kwargs)
-    return Native(output=to_bhtd(out))
+    return _dpa(q, k, v, **kwargs), None
 
 
-def jax_softmax_where(case) -> Native:
+@vjp_path
+def jax_softmax_where(q, k, v, case):
     """jax.nn.softmax(scores, where=mask): mask entries True are the ones the softmax sees."""
-    q, k, v = (jnp.asarray(x) for x in (case.q, case.k, case.v))
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k) * (1.0 / math.sqrt(q.shape[-1]))
     weights = jax.nn.softmax(scores, axis=-1, where=jnp.asarray(case.mask))
-    return Native(weights=np.asarray(weights), output=np.asarray(weights @ v))
+    return weights @ v, weights
 
+
+GRAD = frozenset({"grad"})
 
 PATHS = [
     Path("jax.softmax-where", "jax", "jax.nn.softmax(where=mask)", jax_softmax_where,
-         "where = keep mask (same convention); weights and output"),
+         "where = keep mask (same convention); weights and output", GRAD),
     Path("jax.dpa-mask", "jax", "jax.nn.dot_product_attention(mask=)", jax_dpa_mask,
-         "bool mask, True = attend (same); BTNH layout; implementation=\"xla\""),
+         "bool mask, True = attend (same); BTNH layout; implementation=\"xla\"", GRAD),
     Path("jax.dpa-structure", "jax", "jax.nn.dot_product_attention(is_causal, seq_lengths, local_window_size)",
-         jax_dpa_structure, "structure instead of a mask: top-left causal, right padding, windows"),
+         jax_dpa_structure, "structure instead of a mask: top-left causal, right padding, windows", GRAD),
 ]

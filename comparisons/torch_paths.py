@@ -11,14 +11,21 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
 - torch.nn.attention.bias.causal_upper_left / causal_lower_right: causal masks aligned top-left
   (query i sees keys <= i) and bottom-right (the last query sees the last key).
 - flex_attention: a mask_mod(b, h, q_idx, kv_idx) -> bool with True = attend, compiled into a
-  BlockMask by create_block_mask.
+  BlockMask by create_block_mask; a score_mod(score, b, h, q_idx, kv_idx) rewrites each score after
+  scaling and before the mask (soft-capping is one). Its eager CPU backward raises NotImplementedError.
+- torch.softmax(scores + bias): the hand-written additive idiom (Hugging Face's eager attention), with
+  the same additive bias as SDPA's float attn_mask.
+- Gradients: torch.autograd of sum(d_out * output) w.r.t. q, k and v (run_forward).
 - nn.Transformer.generate_square_subsequent_mask(T): a float (T, T) mask, -inf above the diagonal.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,71 +67,127 @@ def _full_mask(case) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
+# running a forward, with or without autograd
+
+# forward(q, k, v, case) -> (output, weights or None), on torch tensors in (B, H, T, D) layout.
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def run_forward(forward: Forward, case) -> Native:
+    """Run forward(q, k, v, case) on the case's tensors; on a "grad" case also return the gradients
+    of sum(d_out * output) w.r.t. q, k and v through torch autograd."""
+    q, k, v = _qkv(case)
+    if case.d_out is None:
+        with torch.no_grad():
+            out, weights = forward(q, k, v, case)
+        grads = None
+    else:
+        q, k, v = q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+        out, weights = forward(q, k, v, case)
+        dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_outputs=to_torch(case.d_out))
+        grads = (to_numpy(dq), to_numpy(dk), to_numpy(dv))
+    return Native(weights=None if weights is None else to_numpy(weights), output=to_numpy(out), grads=grads)
+
+
+def autograd_path(forward: Forward) -> Callable[[Any], Native]:
+    """The adapter fn(case) -> Native that runs `forward` through run_forward (name and docstring kept)."""
+
+    @functools.wraps(forward)
+    def fn(case) -> Native:
+        return run_forward(forward, case)
+
+    return fn
+
+
+# ----------------------------------------------------------------------------------------------
+# additive masks
+
+
+def additive_mask(case, fill: str) -> torch.Tensor:
+    """The case's mask as an additive bias (B, H, T, S): 0 kept, masked -inf (fill "-inf") or
+    finfo.min (fill "min"), built in case.fill_dtype where the case names one (else in the compute
+    dtype) and cast to the compute dtype, as a half-precision model that upcasts its softmax does."""
+    compute = to_torch(case.q).dtype
+    build = compute if case.fill_dtype is None else getattr(torch, case.fill_dtype)
+    value = float("-inf") if fill == "-inf" else torch.finfo(build).min
+    return torch.zeros(case.shape, dtype=build).masked_fill(~_full_mask(case), value).to(compute)
+
+
+# ----------------------------------------------------------------------------------------------
 # plain softmax
 
 
-def softmax_masked_fill(case) -> Native:
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+
+
+@autograd_path
+def softmax_masked_fill(q, k, v, case):
     """softmax(scores.masked_fill(~mask, -inf)): the textbook way; refmask's mask is the keep mask."""
-    q, k, v = _qkv(case)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
-    scores = scores.masked_fill(~_full_mask(case), float("-inf"))
-    weights = torch.softmax(scores, dim=-1)
-    return Native(weights=to_numpy(weights), output=to_numpy(weights @ v))
+    weights = torch.softmax(_scores(q, k).masked_fill(~_full_mask(case), float("-inf")), dim=-1)
+    return weights @ v, weights
+
+
+@autograd_path
+def softmax_additive_inf(q, k, v, case):
+    """torch.softmax(scores + bias), bias = 0 where kept, -inf where masked: the hand-written additive mask."""
+    weights = torch.softmax(_scores(q, k) + additive_mask(case, "-inf"), dim=-1)
+    return weights @ v, weights
+
+
+@autograd_path
+def softmax_additive_min(q, k, v, case):
+    """torch.softmax(scores + bias), bias = 0 kept, finfo.min masked (Hugging Face's eager attention)."""
+    weights = torch.softmax(_scores(q, k) + additive_mask(case, "min"), dim=-1)
+    return weights @ v, weights
 
 
 # ----------------------------------------------------------------------------------------------
 # scaled_dot_product_attention
 
 
-def sdpa_bool(case) -> Native:
+@autograd_path
+def sdpa_bool(q, k, v, case):
     """F.scaled_dot_product_attention(attn_mask=mask): a bool mask means what refmask's means."""
-    q, k, v = _qkv(case)
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=_full_mask(case))))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_full_mask(case)), None
 
 
-def _additive(case, fill: float) -> torch.Tensor:
-    q = to_torch(case.q)
-    return torch.zeros(case.shape, dtype=q.dtype).masked_fill(~_full_mask(case), fill)
-
-
-def sdpa_additive_inf(case) -> Native:
+@autograd_path
+def sdpa_additive_inf(q, k, v, case):
     """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 where kept, -inf where masked."""
-    q, k, v = _qkv(case)
-    bias = _additive(case, float("-inf"))
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(case, "-inf")), None
 
 
-def sdpa_additive_min(case) -> Native:
+@autograd_path
+def sdpa_additive_min(q, k, v, case):
     """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 kept, finfo(dtype).min masked (as HF)."""
-    q, k, v = _qkv(case)
-    bias = _additive(case, torch.finfo(q.dtype).min)
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(case, "min")), None
 
 
-def sdpa_is_causal(case) -> Native:
+@autograd_path
+def sdpa_is_causal(q, k, v, case):
     """F.scaled_dot_product_attention(is_causal=True): causal only, aligned top-left."""
     check_expressible(case, parts={"causal"}, why="is_causal states a top-left causal mask only")
-    q, k, v = _qkv(case)
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, is_causal=True)))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True), None
 
 
-def sdpa_causal_upper_left(case) -> Native:
+@autograd_path
+def sdpa_causal_upper_left(q, k, v, case):
     """attn_mask=causal_upper_left(T, S): the top-left causal mask as a CausalBias."""
     check_expressible(case, parts={"causal"}, why="causal_upper_left states a top-left causal mask only")
-    q, k, v = _qkv(case)
     bias = causal_upper_left(q.shape[-2], k.shape[-2])
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
 
 
-def sdpa_causal_lower_right(case) -> Native:
+@autograd_path
+def sdpa_causal_lower_right(q, k, v, case):
     """attn_mask=causal_lower_right(T, S): the bottom-right causal mask as a CausalBias."""
     _, _, t, s = case.shape
     aligns = ("bottom_right", "either") + (("top_left",) if t == s else ())
     check_expressible(case, parts={"causal"}, causal=aligns,
                       why="causal_lower_right states a bottom-right causal mask only")
-    q, k, v = _qkv(case)
     bias = causal_lower_right(q.shape[-2], k.shape[-2])
-    return Native(output=to_numpy(F.scaled_dot_product_attention(q, k, v, attn_mask=bias)))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,16 +217,15 @@ def _embed_to_heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.reshape(b, t, h, e // h).permute(0, 2, 1, 3)
 
 
-def mha_weights(case) -> Native:
+@autograd_path
+def mha_weights(q, k, v, case):
     """nn.MultiheadAttention(need_weights=True): attn_mask = ~mask as (B*H, T, S), True = masked."""
-    q, k, v = _qkv(case)
     b, h, t, s = case.shape
     mha = identity_mha(h * q.shape[-1], h, q.dtype)
     attn_mask = ~_full_mask(case).reshape(b * h, t, s)
-    with torch.no_grad():
-        out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
-                           need_weights=True, average_attn_weights=False)
-    return Native(weights=to_numpy(weights), output=to_numpy(_embed_to_heads(out, h)))
+    out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
+                       need_weights=True, average_attn_weights=False)
+    return _embed_to_heads(out, h), weights
 
 
 def mha_fast_path(case) -> Native:
@@ -184,14 +246,14 @@ def mha_fast_path(case) -> Native:
     return Native(output=to_numpy(_embed_to_heads(out, h)), qkv=(case.q, case.q, case.q))
 
 
-def mha_square_subsequent(case) -> Native:
+@autograd_path
+def mha_square_subsequent(q, k, v, case):
     """MHA with attn_mask=nn.Transformer.generate_square_subsequent_mask(T) (float, -inf above the
     diagonal) and key padding as a float key_padding_mask (-inf at padded keys)."""
     check_expressible(case, parts={"causal", "kv_lengths"}, square=True, side="right",
                       why="generate_square_subsequent_mask states a square causal mask only (plus key padding)")
     if case.spec.causal is None:
         raise NotExpressible("generate_square_subsequent_mask is a causal mask: it cannot state a non-causal case")
-    q, k, v = _qkv(case)
     b, h, t, s = case.shape
     mha = identity_mha(h * q.shape[-1], h, q.dtype)
     attn_mask = nn.Transformer.generate_square_subsequent_mask(t, dtype=q.dtype)
@@ -199,10 +261,9 @@ def mha_square_subsequent(case) -> Native:
     if case.spec.kv_lengths is not None:
         padded = torch.arange(s)[None, :] >= torch.tensor(case.spec.kv_lengths)[:, None]
         key_padding_mask = torch.zeros(b, s, dtype=q.dtype).masked_fill(padded, float("-inf"))
-    with torch.no_grad():
-        out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
-                           key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=False)
-    return Native(weights=to_numpy(weights), output=to_numpy(_embed_to_heads(out, h)))
+    out, weights = mha(_heads_to_embed(q), _heads_to_embed(k), _heads_to_embed(v), attn_mask=attn_mask,
+                       key_padding_mask=key_padding_mask, need_weights=True, average_attn_weights=False)
+    return _embed_to_heads(out, h), weights
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,17 +271,25 @@ def mha_square_subsequent(case) -> Native:
 
 
 def flex_mask_mod(case):
-    """refmask's mask of the case written as a flex mask_mod (True = attend), from its structure."""
+    """refmask's mask of the case written as a flex mask_mod (True = attend), from its structure.
+
+    Causal compares raw indices, shifted by S - T for bottom-right alignment or by a per-example
+    offset[b] (a query of example b sits at position offset[b] + q_idx in a KV cache); packed
+    documents are a document mask: same segment id.
+    """
     spec = case.spec
     _, _, t, s = case.shape
     shift = s - t if spec.causal in ("bottom_right", "either") else 0
+    offset = None if spec.offset is None else torch.tensor(spec.offset)
     kv_len = None if spec.kv_lengths is None else torch.tensor(spec.kv_lengths)
     q_len = None if spec.q_lengths is None else torch.tensor(spec.q_lengths)
     segments = None if spec.segments is None else torch.tensor(spec.segments)
 
     def mask_mod(b, h, q_idx, kv_idx):
         keep = q_idx >= 0  # all True, as a tensor
-        if spec.causal is not None:
+        if offset is not None:
+            keep = keep & (kv_idx <= q_idx + offset[b])
+        elif spec.causal is not None:
             keep = keep & (kv_idx <= q_idx + shift)
         if spec.window is not None:
             left, right = spec.window
@@ -238,39 +307,60 @@ def flex_mask_mod(case):
     return mask_mod
 
 
-def flex(case) -> Native:
-    """flex_attention(q, k, v, block_mask=create_block_mask(mask_mod, B, H, T, S, device="cpu"))."""
-    q, k, v = _qkv(case)
+def flex_score_mod(case):
+    """The case's soft-capping as a flex score_mod, c * tanh(score / c) (flex applies it to the
+    scaled score, before the mask); None when the case has no softcap."""
+    if case.softcap is None:
+        return None
+    cap = case.softcap
+
+    def softcap(score, b, h, q_idx, kv_idx):
+        return cap * torch.tanh(score / cap)
+
+    return softcap
+
+
+@autograd_path
+def flex(q, k, v, case):
+    """flex_attention(q, k, v, score_mod=flex_score_mod(case),
+    block_mask=create_block_mask(mask_mod, B, H, T, S, device="cpu"))."""
     b, h, t, s = case.shape
     block_mask = create_block_mask(flex_mask_mod(case), b, h, t, s, device="cpu")
     with warnings.catch_warnings():
         # Eager flex_attention warns that it runs unfused without torch.compile; that is intended here.
         warnings.simplefilter("ignore")
-        out = flex_attention(q, k, v, block_mask=block_mask)
-    return Native(output=to_numpy(out))
+        return flex_attention(q, k, v, score_mod=flex_score_mod(case), block_mask=block_mask), None
 
+
+GRAD = frozenset({"grad"})
 
 PATHS = [
     Path("torch.softmax-masked_fill", "torch", "softmax(scores.masked_fill(~mask, -inf))", softmax_masked_fill,
-         "keep mask inverted for masked_fill; weights and output"),
+         "keep mask inverted for masked_fill; weights and output", GRAD),
+    Path("torch.softmax-additive-inf", "torch", "torch.softmax(scores + additive -inf)", softmax_additive_inf,
+         "hand-written additive mask: 0 kept, -inf masked; weights and output", GRAD),
+    Path("torch.softmax-additive-min", "torch", "torch.softmax(scores + additive finfo.min)", softmax_additive_min,
+         "hand-written additive mask: 0 kept, finfo(dtype).min masked (HF eager); weights and output", GRAD),
     Path("torch.mha-weights", "torch", "nn.MultiheadAttention(need_weights=True)", mha_weights,
-         "attn_mask = ~mask, (B*H, T, S), True = masked; identity projections"),
+         "attn_mask = ~mask, (B*H, T, S), True = masked; identity projections", GRAD),
     Path("torch.mha-fast-path", "torch", "nn.MultiheadAttention fast path", mha_fast_path,
          "eval + inference_mode + need_weights=False; self-attention x = q only"),
     Path("torch.mha-square-subsequent", "torch", "MHA + generate_square_subsequent_mask", mha_square_subsequent,
-         "float -inf causal (T, T) attn_mask, float -inf key_padding_mask"),
+         "float -inf causal (T, T) attn_mask, float -inf key_padding_mask", GRAD),
     Path("torch.sdpa-bool", "torch", "F.scaled_dot_product_attention(bool attn_mask)", sdpa_bool,
-         "bool attn_mask, True = attend (same as refmask)"),
+         "bool attn_mask, True = attend (same as refmask)", GRAD),
     Path("torch.sdpa-additive-inf", "torch", "F.scaled_dot_product_attention(additive -inf)", sdpa_additive_inf,
-         "float attn_mask: 0 kept, -inf masked"),
+         "float attn_mask: 0 kept, -inf masked", GRAD),
     Path("torch.sdpa-additive-min", "torch", "F.scaled_dot_product_attention(additive finfo.min)",
-         sdpa_additive_min, "float attn_mask: 0 kept, finfo(dtype).min masked"),
+         sdpa_additive_min, "float attn_mask: 0 kept, finfo(dtype).min masked", GRAD),
     Path("torch.sdpa-is_causal", "torch", "F.scaled_dot_product_attention(is_causal=True)", sdpa_is_causal,
-         "causal only, top-left"),
+         "causal only, top-left", GRAD),
     Path("torch.sdpa-causal_upper_left", "torch", "SDPA + causal_upper_left(T, S)", sdpa_causal_upper_left,
-         "CausalBias, top-left"),
+         "CausalBias, top-left", GRAD),
     Path("torch.sdpa-causal_lower_right", "torch", "SDPA + causal_lower_right(T, S)", sdpa_causal_lower_right,
-         "CausalBias, bottom-right"),
+         "CausalBias, bottom-right", GRAD),
+    # No "grad": flex_attention's eager CPU backward raises NotImplementedError (the matrix runs on CPU).
     Path("torch.flex_attention", "torch", "flex_attention + create_block_mask", flex,
-         "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure"),
+         "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure; softcap as a score_mod",
+         frozenset({"softcap"})),
 ]

@@ -4,6 +4,10 @@
 cases really compute in float64. "jax-x64off" runs with it off, as JAX runs unless told otherwise:
 there a float64 (int64) input becomes float32 (int32) when it enters JAX, so refmask computes and
 returns float32, and the expected result is the oracle's on the inputs rounded the same way.
+
+REFMASK_TEST_DEVICE picks the device: unset, jax's default one; "cpu", the CPU; "cuda" or "cuda:N", that
+GPU: every NumPy argument is placed there and it is jax's default device for the test (so what refmask
+builds from sizes alone is made there too). `python -m comparisons.gpu` runs the cross-backend suite so.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import collections
 import contextlib
 import inspect
 import itertools
+import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +27,30 @@ import numpy as np
 import refmask
 from harness import Variant
 
+DEVICE_ENV = "REFMASK_TEST_DEVICE"
+
+
+def device_from_env() -> jax.Device | None:
+    """The device of REFMASK_TEST_DEVICE: None when unset; a ValueError naming it for anything but
+    cpu, cuda or cuda:N, or for a GPU that jax does not have."""
+    name = os.environ.get(DEVICE_ENV, "").strip()
+    if not name:
+        return None
+    found = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if found is None:
+        raise ValueError(f"{DEVICE_ENV} must be cpu, cuda or cuda:N; got {name!r}")
+    platform, index = ("cpu" if name == "cpu" else "gpu"), int(found[1] or 0)
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as err:  # jax's way of saying it has no such backend
+        raise ValueError(f"{DEVICE_ENV}={name}: jax {jax.__version__} has no {platform} device ({err})") from None
+    if index >= len(devices):
+        raise ValueError(f"{DEVICE_ENV}={name}: jax has {len(devices)} {platform} device(s)")
+    return devices[index]
+
+
+DEVICE = device_from_env()
+
 
 class JaxVariant(Variant):
     def __init__(self, id: str, *, x64: bool) -> None:
@@ -29,8 +59,12 @@ class JaxVariant(Variant):
 
     @contextlib.contextmanager
     def configured(self) -> Iterator[None]:
-        with jax.enable_x64(self.x64):
+        with jax.enable_x64(self.x64), (jax.default_device(DEVICE) if DEVICE is not None else contextlib.nullcontext()):
             yield
+
+    def asarray(self, x: Any) -> Any:
+        y = super().asarray(x)
+        return jax.device_put(y, DEVICE) if DEVICE is not None and isinstance(y, jax.Array) else y
 
     def computed_input(self, x: Any) -> Any:
         if self.x64 or not isinstance(x, np.ndarray):
