@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refmask import cu_seqlens_from_segment_ids
+
 FEATURES = ("softcap", "sinks", "grad")
 
 
@@ -57,3 +59,16 @@ def check_expressible(case, *, parts: set[str], causal: tuple[str, ...] = ("top_
     if extra or (spec.causal is not None and spec.causal not in causal) or (square and t != s) \
             or (side is not None and spec.kv_lengths is not None and spec.side != side):
         raise NotExpressible(why)
+
+
+def document_lengths(case) -> list[int]:
+    """Every example's documents (runs of one segment id) end to end: the blocks of one packed row.
+    NotExpressible when a row's ids are not contiguous increasing runs (not a pack of sequences)."""
+    lengths: list[int] = []
+    for row in case.spec.segments:
+        try:
+            cu = cu_seqlens_from_segment_ids(np.asarray(row))
+        except ValueError as err:
+            raise NotExpressible(f"segment ids {row} are not contiguous sequences") from err
+        lengths += [int(n) for n in np.diff(cu) if n > 0]
+    return lengths

@@ -43,9 +43,9 @@ from attn_gym.mods import generate_tanh_softcap  # type: ignore[import-untyped]
 from attn_gym.utils import merge_attention  # type: ignore[import-untyped]
 from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention, noop_mask
 
-from refmask import conventions, cu_seqlens_from_segment_ids
+from refmask import conventions
 
-from ._base import Native, NotExpressible, Path, check_expressible
+from ._base import Native, NotExpressible, Path, check_expressible, document_lengths
 from .torch_paths import to_numpy, to_torch
 
 FRAMEWORK_VERSION = f"attn-gym {version('attn-gym')}, torch {torch.__version__}"
@@ -69,13 +69,7 @@ def stacked_offsets(case) -> torch.Tensor:
     b, _, t, _ = case.shape
     if case.spec.segments is None:
         return torch.arange(0, b * t + 1, t, dtype=torch.int32)
-    lengths: list[int] = []
-    for row in case.spec.segments:
-        try:
-            cu = cu_seqlens_from_segment_ids(np.asarray(row))
-        except ValueError as err:  # ids not in contiguous increasing runs: not a stack of documents
-            raise NotExpressible(f"segment ids {row} are not contiguous documents") from err
-        lengths += [int(n) for n in np.diff(cu) if n > 0]
+    lengths = document_lengths(case)
     return torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
 
 

@@ -45,9 +45,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from refmask import conventions, cu_seqlens_from_segment_ids
+from refmask import conventions
 
-from ._base import Native, NotExpressible, Path, check_expressible
+from ._base import Native, NotExpressible, Path, check_expressible, document_lengths
 from .torch_paths import to_numpy, to_torch
 
 
@@ -187,18 +187,6 @@ def tensor_bias(case) -> Native:
 
 # ----------------------------------------------------------------------------------------------
 # the packed (block-diagonal) biases
-
-
-def document_lengths(case) -> list[int]:
-    """Every example's documents (runs of one segment id), end to end: the blocks of the packed row."""
-    lengths: list[int] = []
-    for row in case.spec.segments:
-        try:
-            cu = cu_seqlens_from_segment_ids(np.asarray(row))
-        except ValueError as err:  # ids not in contiguous increasing runs: not a pack of sequences
-            raise NotExpressible(f"segment ids {row} are not contiguous sequences") from err
-        lengths += [int(n) for n in np.diff(cu) if n > 0]
-    return lengths
 
 
 def used_keys(case) -> list[slice]:
