@@ -13,7 +13,6 @@ reported as skipped with its error. No targets: the ratios are what to read.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -179,11 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-json", metavar="FILE", help="the GPU as `python -m comparisons.gpu.device` found it")
     parser.add_argument("--repeats", type=int, default=15, help="repeats per measurement (default: 15)")
     args = parser.parse_args(argv)
-    if args.device_json:
-        with open(args.device_json, encoding="utf-8") as f:
-            info = json.load(f)
-    else:
-        info = gpu_device.describe()
+    info = gpu_device.described(args.device_json)
     repeats = max(1, args.repeats)
     rows: list[Row] = []
     with warnings.catch_warnings():

@@ -97,6 +97,15 @@ def _jax_side() -> dict[str, Any]:
     return side
 
 
+def described(device_json: str | None) -> dict[str, Any]:
+    """describe()'s answer, or the one recorded in the JSON file `device_json` (a stage run apart)."""
+    if device_json:
+        with open(device_json, encoding="utf-8") as f:
+            info: dict[str, Any] = json.load(f)
+        return info
+    return describe()
+
+
 def describe() -> dict[str, Any]:
     """Everything the header says: the date, the GPU and driver, versions, and whether each
     framework has its GPU."""

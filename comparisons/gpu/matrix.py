@@ -187,11 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path", action="append", metavar="SUBSTRING", help="only paths whose id contains it")
     parser.add_argument("--budget", type=float, metavar="S", help="cells after S seconds are not run")
     args = parser.parse_args(argv)
-    if args.device_json:
-        with open(args.device_json, encoding="utf-8") as f:
-            info = json.load(f)
-    else:
-        info = gpu_device.describe()
+    info = gpu_device.described(args.device_json)
     try:
         result = run_gpu_matrix(info, args.path, args.case, args.budget,
                                 checkpoint=lambda r: write(r, args.output, args.json))
