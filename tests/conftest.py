@@ -7,20 +7,13 @@ is not installed is skipped with the registry's reason and install hint; --refma
 pytest plugin) narrows the variants as it narrows the plugin's `attention_backend` fixture.
 """
 
-import os
-
-# Four host devices let the JAX sharding tests run on CPU; must be set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    # One pytest-xdist worker per core: each framework's own thread pool, per worker, would oversubscribe
-    # the cores, and small ops then wait for descheduled threads.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ["XLA_FLAGS"] += " --xla_cpu_multi_thread_eigen=false"
-
 import pytest
 
 from harness import VARIANTS, VariantName
+from harness.environments import configure_xla
 from refmask._backends import unavailable_reason
+
+configure_xla()  # before any test imports jax (nothing imported above does)
 
 
 @pytest.fixture(params=[pytest.param(v, id=v.id) for v in VARIANTS])
@@ -80,8 +73,8 @@ _OWN_SCOPE_TESTS = ("test_matrix_equals_the_committed_expectation",)
 
 # Modules of the longest scopes, scheduled first (in this order: the longest single scope first, --no-
 # loadscope-reorder keeps it) so that no worker is left alone with one of them at the end.
-_LONG_MODULES = ("test_bench.py", "test_comparisons.py", "test_threads.py", "test_properties.py",
-                 "test_cross_backend.py", "test_torch_backend.py", "test_jax_backend.py")
+_LONG_MODULES = ("test_bench.py", "test_comparisons.py", "test_jax_at_xla_defaults.py", "test_threads.py",
+                 "test_properties.py", "test_cross_backend.py", "test_torch_backend.py", "test_jax_backend.py")
 
 
 def pytest_collection_modifyitems(config, items):
