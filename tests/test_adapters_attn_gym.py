@@ -9,7 +9,6 @@ import functools
 
 import numpy as np
 import pytest
-import torch
 
 from comparisons._base import NotExpressible
 from comparisons.cases import Case, all_cases
@@ -21,6 +20,7 @@ _MISSING = missing_reason("attn_gym")
 if _MISSING is not None:
     pytest.skip(_MISSING, allow_module_level=True)
 
+import torch  # noqa: E402
 from torch.nn.attention.flex_attention import create_mask, flex_attention  # noqa: E402
 
 from comparisons import attn_gym_paths as ag  # noqa: E402

@@ -57,9 +57,9 @@ def test_numpy_masks_materialise_the_mask():
 @pytest.mark.parametrize("window_size", [(2, 0), (1, 1), (None, 1), (0, None), (None, None)])
 def test_local_mask_is_the_conventions_window(window_size, offset):
     """LocalMask(shape, window_size, offset) is sliding_window_mask(window=splash_local_mask(window_size), offset)."""
+    splash()
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    splash()
     got = sm.LocalMask((5, 7), window_size=window_size, offset=offset)[:, :]
     want = oracle.sliding_window_mask(5, 7, window=conventions.splash_local_mask(window_size), offset=offset)
     np.testing.assert_array_equal(got, want)
@@ -67,16 +67,16 @@ def test_local_mask_is_the_conventions_window(window_size, offset):
 
 @pytest.mark.parametrize("offset", [0, 3, -2])
 def test_causal_mask_offset_is_the_oracles(offset):
+    splash()
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    splash()
     np.testing.assert_array_equal(sm.CausalMask((4, 7), offset=offset)[:, :], oracle.causal_mask(4, 7, offset=offset))
 
 
 def test_chunked_causal_mask_is_chunks_and_causal():
+    splash()
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
-    splash()
     want = oracle.and_masks(oracle.chunked_mask(8, chunk_size=3), oracle.causal_mask(8))
     np.testing.assert_array_equal(sm.ChunkedCausalMask((8, 8), chunk_size=3)[:, :], want)
     either = sm.CausalMask((8, 8)) | sm.LocalMask((8, 8), window_size=(0, 1), offset=0)

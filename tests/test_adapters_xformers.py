@@ -9,7 +9,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from comparisons._base import NotExpressible
 from comparisons.cases import Case, all_cases
@@ -20,6 +19,8 @@ from refmask.testing import assert_attention_close
 _MISSING = missing_reason("xformers")
 if _MISSING is not None:
     pytest.skip(_MISSING, allow_module_level=True)
+
+import torch  # noqa: E402
 
 from comparisons import xformers_paths as xf  # noqa: E402
 

@@ -27,7 +27,7 @@ import pytest
 from comparisons.cases import all_cases
 from comparisons.matrix import draw
 from comparisons.matrix.engine import Progress
-from comparisons.matrix.frameworks import missing_reason
+from comparisons.matrix.frameworks import missing_reason, nothing_to_compare
 from comparisons.matrix.render import FULL_COMMAND, SHORT, render_markdown, render_text
 from refmask import oracle
 from refmask.cli import main
@@ -36,6 +36,8 @@ from refmask.testing import assert_attention_close, assert_weights_close
 COLUMNS = 80
 _NO_TORCH = missing_reason("torch")
 needs_torch = pytest.mark.skipif(_NO_TORCH is not None, reason=_NO_TORCH or "")
+_NOTHING_TO_COMPARE = nothing_to_compare()
+needs_a_framework = pytest.mark.skipif(_NOTHING_TO_COMPARE is not None, reason=_NOTHING_TO_COMPARE or "")
 
 
 def _terminal() -> tuple[int, int]:
@@ -156,6 +158,7 @@ def test_markdown_header_says_how_to_regenerate_only_the_full_matrix():
     assert "A subset of the matrix, made by `refmask compare --framework torch --format md`." in subset
 
 
+@needs_a_framework
 def test_unknown_case_lists_the_cases(capsys):
     assert main(["compare", "--case", "nope", "--progress", "never"]) == 1
     captured = capsys.readouterr()
