@@ -37,6 +37,10 @@ class Native:
     grads: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (dq, dk, dv) for a "grad" case
 
 
+# Path.no_grads of the FlexAttention paths: torch's flex_attention raises on a CPU backward.
+NO_FLEX_CPU_BACKWARD = "flex_attention has no CPU backward"
+
+
 @dataclass(frozen=True)
 class Path:
     """One row of the matrix: a native masking/attention path of one framework."""
@@ -47,6 +51,7 @@ class Path:
     fn: Callable[..., Native]
     convention: str  # one line: how refmask's mask is translated for this path
     features: frozenset[str] = frozenset()  # the kernel features it states: "softcap", "sinks", "grad"
+    no_grads: str = "no autodiff"  # without "grad": why the matrix takes no gradients through it
 
 
 def check_expressible(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"),

@@ -45,7 +45,7 @@ from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, fle
 
 from refmask import conventions
 
-from ._base import Native, NotExpressible, Path, check_expressible, document_lengths
+from ._base import NO_FLEX_CPU_BACKWARD, Native, NotExpressible, Path, check_expressible, document_lengths
 from .torch_paths import to_numpy, to_torch
 
 FRAMEWORK_VERSION = f"attn-gym {version('attn-gym')}, torch {torch.__version__}"
@@ -150,14 +150,13 @@ def packed_causal_doc(case) -> Native:
     return run_flex(case, generate_packed_causal_doc_mask_mod(stacked_offsets(case)), stacked=True)
 
 
-# No "grad": flex_attention's CPU backward raises NotImplementedError (see the module docstring).
 _FEATURES = frozenset({"softcap", "sinks"})
 
 PATHS = [
     Path("attn_gym.mask_mods", "attn_gym", "flex_attention + attn_gym.masks / attn_gym.mods", mask_mods,
          "causal_mask, generate_sliding_window(w) (w from conventions), generate_doc_mask_mod over the stacked "
-         "batch; generate_tanh_softcap; sinks by merge_attention", features=_FEATURES),
+         "batch; generate_tanh_softcap; sinks by merge_attention", features=_FEATURES, no_grads=NO_FLEX_CPU_BACKWARD),
     Path("attn_gym.packed-causal-doc", "attn_gym", "flex_attention + generate_packed_causal_doc_mask_mod",
          packed_causal_doc, "causal documents as one key interval per query, offsets = cu_seqlens of the "
-         "stacked batch (an example per document without segments)", features=_FEATURES),
+         "stacked batch (an example per document without segments)", features=_FEATURES, no_grads=NO_FLEX_CPU_BACKWARD),
 ]

@@ -65,7 +65,7 @@ from transformers.models.mistral import modeling_mistral
 
 from refmask import conventions, oracle
 
-from ._base import Native, NotExpressible, Path
+from ._base import NO_FLEX_CPU_BACKWARD, Native, NotExpressible, Path
 from .torch_paths import to_numpy, to_torch
 
 FRAMEWORK_VERSION = transformers.__version__
@@ -344,26 +344,29 @@ def masks_flex(case) -> Native:
 
 _GRAD = frozenset({"grad"})
 
+# Path.no_grads of the model-specific eager paths: hf.eager's gradient cell covers eager_attention_forward.
+EAGER_GRADS = "not taken: hf.eager holds eager_attention_forward's gradients"
+
 PATHS = [
     Path("hf.eager", "transformers", "eager_attention_forward(additive mask)", eager_additive,
          "float mask added to the scores: 0 kept, finfo(dtype).min masked (eager_mask's fill); weights and output",
          features=_GRAD),
     Path("hf.eager-gemma2", "transformers", "Gemma 2 eager_attention_forward(softcap)", gemma2_eager_additive,
          "as hf.eager, scores soft-capped by attn_logit_softcapping before the mask is added",
-         features=frozenset({"softcap"})),
+         features=frozenset({"softcap"}), no_grads=EAGER_GRADS),
     Path("hf.eager-gpt_oss", "transformers", "GPT-OSS eager_attention_forward(sinks)", gpt_oss_eager_additive,
          "as hf.eager, module.sinks appended to each row (-inf without sinks); softmax in the logits' dtype",
-         features=frozenset({"sinks"})),
+         features=frozenset({"sinks"}), no_grads=EAGER_GRADS),
     Path("hf.sdpa", "transformers", "ALL_ATTENTION_FUNCTIONS['sdpa'](bool mask)", sdpa_bool,
          "bool mask (B, 1, T, S), True = attend (sdpa_mask's convention)", features=_GRAD),
     Path("hf.flex_attention", "transformers", "ALL_ATTENTION_FUNCTIONS['flex_attention'](additive mask)",
          flex_additive, "float mask added by its score_mod (0 kept, finfo.min masked), after softcap; run eagerly",
-         features=frozenset({"softcap"})),
+         features=frozenset({"softcap"}), no_grads=NO_FLEX_CPU_BACKWARD),
     Path("hf.masks-eager", "transformers", "masking_utils mask (eager) -> eager attention", masks_eager,
          "create_causal / sliding_window / bidirectional mask from 2D padding, cache, position ids; additive",
          features=_GRAD),
     Path("hf.masks-sdpa", "transformers", "masking_utils mask (sdpa) -> sdpa attention", masks_sdpa,
          "as hf.masks-eager, a bool mask, or None and SDPA's is_causal for a plain causal mask", features=_GRAD),
     Path("hf.masks-flex_attention", "transformers", "masking_utils BlockMask -> flex attention", masks_flex,
-         "as hf.masks-eager, a BlockMask from the mask function; run eagerly"),
+         "as hf.masks-eager, a BlockMask from the mask function; run eagerly", no_grads=NO_FLEX_CPU_BACKWARD),
 ]

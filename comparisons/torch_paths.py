@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.attention.bias import causal_lower_right, causal_upper_left
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from ._base import Native, NotExpressible, Path, check_expressible
+from ._base import NO_FLEX_CPU_BACKWARD, Native, NotExpressible, Path, check_expressible
 
 FRAMEWORK_VERSION = torch.__version__
 
@@ -344,7 +344,8 @@ PATHS = [
     Path("torch.mha-weights", "torch", "nn.MultiheadAttention(need_weights=True)", mha_weights,
          "attn_mask = ~mask, (B*H, T, S), True = masked; identity projections", GRAD),
     Path("torch.mha-fast-path", "torch", "nn.MultiheadAttention fast path", mha_fast_path,
-         "eval + inference_mode + need_weights=False; self-attention x = q only"),
+         "eval + inference_mode + need_weights=False; self-attention x = q only",
+         no_grads="the fast path runs under inference_mode only"),
     Path("torch.mha-square-subsequent", "torch", "MHA + generate_square_subsequent_mask", mha_square_subsequent,
          "float -inf causal (T, T) attn_mask, float -inf key_padding_mask", GRAD),
     Path("torch.sdpa-bool", "torch", "F.scaled_dot_product_attention(bool attn_mask)", sdpa_bool,
@@ -359,8 +360,7 @@ PATHS = [
          "CausalBias, top-left", GRAD),
     Path("torch.sdpa-causal_lower_right", "torch", "SDPA + causal_lower_right(T, S)", sdpa_causal_lower_right,
          "CausalBias, bottom-right", GRAD),
-    # No "grad": flex_attention's eager CPU backward raises NotImplementedError (the matrix runs on CPU).
     Path("torch.flex_attention", "torch", "flex_attention + create_block_mask", flex,
          "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure; softcap as a score_mod",
-         frozenset({"softcap"})),
+         frozenset({"softcap"}), no_grads=NO_FLEX_CPU_BACKWARD),
 ]

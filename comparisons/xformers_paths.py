@@ -250,19 +250,25 @@ def padded_keys(case) -> Stated:
     return Stated(kind.from_seqlens([t] * b, s, kv_seqlen, device=CPU), packed=True)
 
 
+# Path.no_grads of xformers' rows: its reference is torch autograd over the materialised bias; the kernels,
+# whose backward would be worth comparing, need a GPU.
+XFORMERS_GRADS = "not taken: the CPU reference is plain torch autograd"
+
 PATHS = [
     Path("xformers.tensor-bias", "xformers", "xformers reference, attn_bias = torch.Tensor", tensor_bias,
-         "additive (B, H, T, S) tensor: 0 kept, -inf masked; ref_attention_bmhk, BMHK layout"),
+         "additive (B, H, T, S) tensor: 0 kept, -inf masked; ref_attention_bmhk, BMHK layout", no_grads=XFORMERS_GRADS),
     Path("xformers.LowerTriangularMask", "xformers", "LowerTriangularMask", bias_path(lower_triangular),
-         "materialize() -> 0 / -inf, causal top-left; ref_attention_bmhk"),
+         "materialize() -> 0 / -inf, causal top-left; ref_attention_bmhk", no_grads=XFORMERS_GRADS),
     Path("xformers.LowerTriangularFromBottomRightMask", "xformers", "LowerTriangularFromBottomRightMask",
-         bias_path(lower_triangular_bottom_right), "materialize() -> 0 / -inf, causal bottom-right"),
+         bias_path(lower_triangular_bottom_right), "materialize() -> 0 / -inf, causal bottom-right",
+         no_grads=XFORMERS_GRADS),
     Path("xformers.LocalAttentionFromBottomRightMask", "xformers", "LocalAttentionFromBottomRightMask",
-         bias_path(local_attention), "window_left, window_right by conventions.xformers_local_attention; T = S"),
+         bias_path(local_attention), "window_left, window_right by conventions.xformers_local_attention; T = S",
+         no_grads=XFORMERS_GRADS),
     Path("xformers.BlockDiagonalMask", "xformers", "BlockDiagonal(Causal)Mask.from_seqlens (packed)",
          bias_path(block_diagonal), "batch packed in one row, padded keys dropped; make_causal (top-left), "
-         "make_causal_from_bottomright (offsets)"),
+         "make_causal_from_bottomright (offsets)", no_grads=XFORMERS_GRADS),
     Path("xformers.PaddedKeysMask", "xformers", "BlockDiagonal(CausalWithOffset)PaddedKeysMask.from_seqlens",
          bias_path(padded_keys), "queries packed, keys kept in S-slot blocks, kv_seqlen in use (right padding, "
-         "cache offsets); causal bottom-right"),
+         "cache offsets); causal bottom-right", no_grads=XFORMERS_GRADS),
 ]

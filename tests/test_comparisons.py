@@ -312,3 +312,14 @@ def test_not_expressible_and_errors_are_cells_not_crashes():
     assert err.status == "error" and err.reason == "RuntimeError: kernel exploded"
     na = evaluate(NativePath("x.na", "x", "na", cannot, ""), causal)
     assert na.status == "not expressible" and na.text() == "–"
+
+
+@pytest.mark.parametrize("framework", list(FRAMEWORKS))
+def test_a_path_without_gradients_says_why_in_the_gradient_cell(framework):
+    """The gradients column of a path that takes none is "not expressible", with the path's own reason."""
+    needs(framework)
+    paths, _ = _loaded(framework)
+    for path in paths.values():
+        if "grad" not in path.features:
+            cell = evaluate(path, case("gradients"))
+            assert (cell.status, cell.reason) == ("not expressible", f"no gradients ({path.no_grads})"), path.id

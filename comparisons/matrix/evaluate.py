@@ -13,7 +13,7 @@ from .explain import explain
 from .reference import assert_gradients_agree, attention
 
 # What a path lacks when it cannot run a case that needs a kernel feature.
-_LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks", "grad": "no gradients (no autodiff)"}
+_LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks"}
 
 
 def _agrees(native: Native, case: Case, q, k, v, mask: np.ndarray, policy: str) -> bool:
@@ -36,7 +36,8 @@ def evaluate(path: Path, case: Case) -> Cell:
     """Run one native path on one case and compare it with the oracle under every policy."""
     lacks = sorted(case.features() - path.features)
     if lacks:
-        return Cell(path.id, case.id, "not expressible", reason="; ".join(_LACKS[f] for f in lacks))
+        return Cell(path.id, case.id, "not expressible", reason="; ".join(
+            f"no gradients ({path.no_grads})" if f == "grad" else _LACKS[f] for f in lacks))
     try:
         native = path.fn(case)
     except NotExpressible as err:
