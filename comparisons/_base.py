@@ -51,7 +51,7 @@ class Path:
     fn: Callable[..., Native]
     convention: str  # one line: how refmask's mask is translated for this path
     features: frozenset[str] = frozenset()  # the kernel features it states: "softcap", "sinks", "grad"
-    no_grads: str = "no autodiff"  # without "grad": why the matrix takes no gradients through it
+    no_grads: str | None = None  # without "grad": why the matrix takes no gradients through it
 
 
 def check_expressible(case, *, parts: set[str], causal: tuple[str, ...] = ("top_left", "either"),

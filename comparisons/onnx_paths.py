@@ -247,21 +247,25 @@ def ort_structure(case) -> Native:
 
 
 _FEATURES = frozenset({"softcap"})
+_NO_GRADS = "no autodiff"  # Path.no_grads: the reference evaluator and onnxruntime run forward only
 
 PATHS = [
     Path("onnx.ref-bool-mask", "onnx", "ReferenceEvaluator: Attention-23(bool attn_mask)", ref_bool_mask,
-         "bool attn_mask, True = attend (same as refmask); weights from qk_matmul_output_mode=3", _FEATURES),
+         "bool attn_mask, True = attend (same as refmask); weights from qk_matmul_output_mode=3",
+         _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ref-additive-mask", "onnx", "ReferenceEvaluator: Attention-23(float attn_mask)", ref_additive_mask,
-         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up); mode-3 weights", _FEATURES),
+         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up); mode-3 weights",
+         _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ref-structure", "onnx", "ReferenceEvaluator: Attention(is_causal, past_key, nonpad_kv_seqlen, "
          "windows)", ref_structure, "structure at opset 23 (is_causal, past_key: bottom-right), 24 "
-         "(nonpad_kv_seqlen), 25 (left/right_window_size); mode-3 weights", _FEATURES),
+         "(nonpad_kv_seqlen), 25 (left/right_window_size); mode-3 weights", _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ort-bool-mask", "onnx", "onnxruntime: Attention-24(bool attn_mask)", ort_bool_mask,
-         "bool attn_mask, True = attend; CPU kernel; weights from qk_matmul_output_mode=3", _FEATURES),
+         "bool attn_mask, True = attend; CPU kernel; weights from qk_matmul_output_mode=3",
+         _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ort-additive-mask", "onnx", "onnxruntime: Attention-24(float attn_mask)", ort_additive_mask,
          "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up); CPU kernel; mode-3 weights",
-         _FEATURES),
+         _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ort-structure", "onnx", "onnxruntime: Attention(is_causal, past_key, nonpad_kv_seqlen, windows)",
          ort_structure, "structure at opset 24 on the CPU kernel; windows at opset 25 (run as ONNX's function "
-         "body); mode-3 weights", _FEATURES),
+         "body); mode-3 weights", _FEATURES, no_grads=_NO_GRADS),
 ]

@@ -321,5 +321,6 @@ def test_a_path_without_gradients_says_why_in_the_gradient_cell(framework):
     paths, _ = _loaded(framework)
     for path in paths.values():
         if "grad" not in path.features:
+            assert path.no_grads, f"{path.id} takes no gradients and does not say why (Path.no_grads)"
             cell = evaluate(path, case("gradients"))
             assert (cell.status, cell.reason) == ("not expressible", f"no gradients ({path.no_grads})"), path.id

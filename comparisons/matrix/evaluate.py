@@ -16,6 +16,13 @@ from .reference import assert_gradients_agree, attention
 _LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks"}
 
 
+def _lacking(path: Path, feature: str) -> str:
+    """What a path lacks for a case that needs `feature`, with the path's own reason for gradients."""
+    if feature != "grad":
+        return _LACKS[feature]
+    return f"no gradients ({path.no_grads})" if path.no_grads else "no gradients"
+
+
 def _agrees(native: Native, case: Case, q, k, v, mask: np.ndarray, policy: str) -> bool:
     out, weights = attention(case, q, k, v, mask, policy)
     try:
@@ -36,8 +43,7 @@ def evaluate(path: Path, case: Case) -> Cell:
     """Run one native path on one case and compare it with the oracle under every policy."""
     lacks = sorted(case.features() - path.features)
     if lacks:
-        return Cell(path.id, case.id, "not expressible", reason="; ".join(
-            f"no gradients ({path.no_grads})" if f == "grad" else _LACKS[f] for f in lacks))
+        return Cell(path.id, case.id, "not expressible", reason="; ".join(_lacking(path, f) for f in lacks))
     try:
         native = path.fn(case)
     except NotExpressible as err:

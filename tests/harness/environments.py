@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# The device the cross-backend variants run on: unset or "cpu", the CPU; "cuda" or "cuda:N", that GPU
+# (harness/jax_variants.py and harness/torch_variants.py read it).
+DEVICE_ENV = "REFMASK_TEST_DEVICE"
 # XLA_FLAGS as the suite was started with, before configure_xla added to them (kept in the environment,
 # so that pytest-xdist's workers and the tests' subprocesses see it too).
 GIVEN_XLA_FLAGS = "REFMASK_TEST_GIVEN_XLA_FLAGS"
@@ -58,7 +61,7 @@ def configure_xla() -> None:
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         flags.append("--xla_cpu_multi_thread_eigen=false")
-    on_cpu = os.environ.get("REFMASK_TEST_DEVICE", "cpu").strip() in ("", "cpu")
+    on_cpu = os.environ.get(DEVICE_ENV, "").strip() in ("", "cpu")
     if on_cpu and os.environ.get(XLA_MODE, "") != "default" and _jaxlib_has_fast_compile_flags():
         flags.extend(FAST_COMPILE_XLA_FLAGS)
     os.environ["XLA_FLAGS"] = " ".join(dict.fromkeys(flags))

@@ -26,8 +26,7 @@ import numpy as np
 
 import refmask
 from harness import Variant
-
-DEVICE_ENV = "REFMASK_TEST_DEVICE"
+from harness.environments import DEVICE_ENV
 
 
 def device_from_env() -> jax.Device | None:

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from harness import Variant
-
-DEVICE_ENV = "REFMASK_TEST_DEVICE"
+from harness.environments import DEVICE_ENV
 
 
 def device_from_env() -> torch.device | None:
