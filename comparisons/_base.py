@@ -5,10 +5,12 @@ the case's dtype, a canonical mask with True = attend, and the mask's structure 
 one native framework call, and returns what that call returned as NumPy arrays in (B, H, T, S) /
 (B, H, T, D) layout. A case the native path cannot state raises NotExpressible with the reason.
 
-A case may also ask for kernel features (`Case.features()`: "softcap", "sinks", "grad"); a path states
+A case may also ask for kernel features (`Case.features()`: "softcap", "sinks", "grad", "bias"); a path states
 the ones it can in `Path.features`, and the matrix does not call it on a case that needs another. A
 "grad" case carries `d_out`: the path returns, in `Native.grads`, the gradients of sum(d_out * output)
-with respect to q, k and v, through the framework's own autodiff.
+with respect to q, k and v, through the framework's own autodiff. A "bias" case carries `bias`, (H, T, S)
+float32 added to the scores (after soft-capping, before the mask): a path states it as its own bias
+argument, a float mask or a score_mod.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 
 from refmask import cu_seqlens_from_segment_ids
 
-FEATURES = ("softcap", "sinks", "grad")
+FEATURES = ("softcap", "sinks", "grad", "bias")
 
 
 class NotExpressible(Exception):
@@ -50,7 +52,7 @@ class Path:
     title: str
     fn: Callable[..., Native]
     convention: str  # one line: how refmask's mask is translated for this path
-    features: frozenset[str] = frozenset()  # the kernel features it states: "softcap", "sinks", "grad"
+    features: frozenset[str] = frozenset()  # the kernel features it states: "softcap", "sinks", "grad", "bias"
     no_grads: str | None = None  # without "grad": why the matrix takes no gradients through it
 
 

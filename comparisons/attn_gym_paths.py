@@ -14,9 +14,15 @@ score_mod, and the model hands them to torch.nn.attention.flex_attention. Conven
   cumulative document lengths (cu_seqlens), the inner mask_mod applied to positions within a document.
   The documents are shared by the whole batch (the mask_mod ignores b), so the adapters stack every
   example's documents into one batch-1 row, as the format asks, and unstack the output.
+- generate_prefix_lm_mask(p) is or_masks(kv_idx < p, causal_mask): one prefix length for the batch.
+- generate_dilated_sliding_window(w, d) keeps |q_idx - kv_idx| <= w with |q_idx - kv_idx| % d == 0: the
+  symmetric window (w, w), dilated.
 - attention-gym has no padding and no KV-cache-offset mask_mod: those cases are not stated.
 - generate_tanh_softcap(c) is the score_mod c * tanh(score / c); flex applies score_mods to the scaled
   score, before the mask.
+- generate_alibi_bias(H) is the score_mod score + (kv_idx - q_idx) * 2^(-8 (h + 1) / H): the ALiBi
+  slopes of the paper for H a power of two; for other H the paper (and refmask.alibi_slopes) interleave
+  the slopes of the powers of two around H instead, so the two differ.
 - Sinks: attn_gym.utils.merge_attention merges two attentions over disjoint key sets by their
   log-sum-exp; a sink is a key set of one key with logit sinks[h] and value 0 (output 0, lse sinks[h]),
   merged with flex_attention's output and lse (return_aux=AuxRequest(lse=True)).
@@ -35,15 +41,17 @@ import numpy as np
 import torch
 from attn_gym.masks import (  # type: ignore[import-untyped]
     causal_mask,
+    generate_dilated_sliding_window,
     generate_doc_mask_mod,
     generate_packed_causal_doc_mask_mod,
+    generate_prefix_lm_mask,
     generate_sliding_window,
 )
-from attn_gym.mods import generate_tanh_softcap  # type: ignore[import-untyped]
+from attn_gym.mods import generate_alibi_bias, generate_tanh_softcap  # type: ignore[import-untyped]
 from attn_gym.utils import merge_attention  # type: ignore[import-untyped]
 from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention, noop_mask
 
-from refmask import conventions
+from refmask import conventions, oracle
 
 from ._base import NO_FLEX_CPU_BACKWARD, Native, NotExpressible, Path, check_expressible, document_lengths
 from .torch_paths import to_numpy, to_torch
@@ -74,11 +82,21 @@ def stacked_offsets(case) -> torch.Tensor:
 
 
 def mask_mod(case):
-    """The case's mask as attention-gym's mask_mods: causal_mask, generate_sliding_window(w) or, for
-    packed documents, generate_doc_mask_mod(causal_mask or noop_mask, offsets) over the stacked row."""
-    check_expressible(case, parts={"causal", "window", "segments"},
+    """The case's mask as attention-gym's mask_mods: causal_mask, generate_sliding_window(w),
+    generate_prefix_lm_mask(p), generate_dilated_sliding_window(w, d) or, for packed documents,
+    generate_doc_mask_mod(causal_mask or noop_mask, offsets) over the stacked row."""
+    check_expressible(case, parts={"causal", "window", "segments", "prefix", "dilation"},
                       why="attention-gym has no padding or cache-offset mask_mod; its causal_mask is top-left")
     spec = case.spec
+    if spec.prefix is not None:
+        if spec.window is not None or spec.segments is not None:
+            raise NotExpressible("generate_prefix_lm_mask is a prefix and causal_mask only")
+        return generate_prefix_lm_mask(spec.prefix)
+    if spec.dilation is not None:
+        left, right = spec.window or (None, None)
+        if left is None or left != right or spec.causal is not None or spec.segments is not None:
+            raise NotExpressible("generate_dilated_sliding_window(w, d) is the symmetric window (w, w) only")
+        return generate_dilated_sliding_window(left, spec.dilation)
     if spec.segments is not None:
         if spec.window is not None:
             raise NotExpressible("no case stacks windowed documents")
@@ -92,9 +110,30 @@ def mask_mod(case):
     return causal_mask if spec.causal is not None else noop_mask
 
 
+def _alibi_heads(case) -> int:
+    """H, for a case whose score bias is refmask.alibi_bias(H, T, S): what generate_alibi_bias takes."""
+    _, h, t, s = case.shape
+    if not np.array_equal(case.bias, oracle.alibi_bias(h, t, s)):
+        raise NotExpressible("attention-gym's score_mods state ALiBi only, not another score bias")
+    return h
+
+
 def score_mod(case):
-    """generate_tanh_softcap(c) for a soft-capped case, else None (flex's identity)."""
-    return None if case.softcap is None else generate_tanh_softcap(case.softcap)
+    """generate_tanh_softcap(c) for a soft-capped case, then generate_alibi_bias(H) for an ALiBi case;
+    None for neither (flex's identity)."""
+    mods = []
+    if case.softcap is not None:
+        mods.append(generate_tanh_softcap(case.softcap))
+    if case.bias is not None:
+        mods.append(generate_alibi_bias(_alibi_heads(case)))
+    if len(mods) < 2:
+        return mods[0] if mods else None
+    first, second = mods
+
+    def softcap_then_alibi(score, b, h, q_idx, kv_idx):
+        return second(first(score, b, h, q_idx, kv_idx), b, h, q_idx, kv_idx)
+
+    return softcap_then_alibi
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,8 +193,9 @@ _FEATURES = frozenset({"softcap", "sinks"})
 
 PATHS = [
     Path("attn_gym.mask_mods", "attn_gym", "flex_attention + attn_gym.masks / attn_gym.mods", mask_mods,
-         "causal_mask, generate_sliding_window(w) (w from conventions), generate_doc_mask_mod over the stacked "
-         "batch; generate_tanh_softcap; sinks by merge_attention", features=_FEATURES, no_grads=NO_FLEX_CPU_BACKWARD),
+         "causal_mask, generate_sliding_window(w) (w from conventions), generate_prefix_lm_mask, "
+         "generate_dilated_sliding_window, generate_doc_mask_mod over the stacked batch; generate_tanh_softcap, "
+         "generate_alibi_bias; sinks by merge_attention", features=_FEATURES | {"bias"}, no_grads=NO_FLEX_CPU_BACKWARD),
     Path("attn_gym.packed-causal-doc", "attn_gym", "flex_attention + generate_packed_causal_doc_mask_mod",
          packed_causal_doc, "causal documents as one key interval per query, offsets = cu_seqlens of the "
          "stacked batch (an example per document without segments)", features=_FEATURES, no_grads=NO_FLEX_CPU_BACKWARD),

@@ -9,7 +9,7 @@ mask. Everything is drawn from fixed seeds, so the matrix is deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +28,10 @@ class Spec:
     segments: (B, T) segment ids of packed sequences (self-attention, T = S).
     offset: per-example KV-cache offsets (B,), with causal="top_left": query i of example b sits at
     position offset[b] + i, so it sees keys j <= offset[b] + i (decoding into a cache of S slots).
+    prefix: with causal="top_left", a prefix LM: every query also sees keys j < prefix (the prefix,
+    bidirectional; one length for the batch), refmask.prefix_lm_mask.
+    dilation: with a window, a dilated window: only keys whose distance i - j is a multiple of dilation
+    (Longformer's dilated sliding window; refmask has no constructor for it, the case states it).
     """
 
     causal: str | None = None
@@ -37,10 +41,12 @@ class Spec:
     side: str = "right"
     segments: tuple[tuple[int, ...], ...] | None = None
     offset: tuple[int, ...] | None = None
+    prefix: int | None = None
+    dilation: int | None = None
 
     def parts(self) -> set[str]:
         """Names of the structural parts present: {"causal", "window", "kv_lengths", ...}."""
-        names = ("causal", "window", "kv_lengths", "q_lengths", "segments", "offset")
+        names = ("causal", "window", "kv_lengths", "q_lengths", "segments", "offset", "prefix", "dilation")
         return {n for n in names if getattr(self, n) is not None}
 
 
@@ -62,10 +68,14 @@ class Case:
     sinks: np.ndarray | None = None  # (H,) float32 sink logits: one extra column in each row's softmax
     d_out: np.ndarray | None = None  # (B, H, T, D): a "grad" case's cotangent of the output
     fill_dtype: str | None = None  # paths taking an additive mask build it in this dtype, then cast up
+    bias: np.ndarray | None = None  # (H, T, S) float32 score bias (ALiBi), added after softcap, before masking
+    # Other readings of the bias, by what they are ("label" -> (H, T, S)): a path that differs is checked
+    # against each, so its cell can say which one it adds.
+    bias_variants: dict[str, np.ndarray] = field(default_factory=dict)
 
     def features(self) -> set[str]:
-        """The kernel features the case needs beyond a mask: {"softcap", "sinks", "grad"} or fewer."""
-        wanted = {"softcap": self.softcap, "sinks": self.sinks, "grad": self.d_out}
+        """The kernel features the case needs beyond a mask: {"softcap", "sinks", "grad", "bias"} or fewer."""
+        wanted = {"softcap": self.softcap, "sinks": self.sinks, "grad": self.d_out, "bias": self.bias}
         return {name for name, value in wanted.items() if value is not None}
 
     @property
@@ -82,10 +92,15 @@ def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None
     parts: list[np.ndarray] = [np.ones((1, 1, t, s), bool)]
     if spec.offset is not None:
         parts.append(oracle.causal_mask(t, s, offset=np.array(spec.offset)))
+    elif spec.prefix is not None:
+        parts.append(oracle.prefix_lm_mask(np.full(b, spec.prefix), t, s, align=align or spec.causal or "top_left"))
     elif spec.causal is not None:
         parts.append(oracle.causal_mask(t, s, align=align or spec.causal))
     if spec.window is not None:
         parts.append(oracle.sliding_window_mask(t, s, window=spec.window))
+    if spec.dilation is not None:
+        distance = np.arange(t)[:, None] - np.arange(s)[None, :]
+        parts.append(distance % spec.dilation == 0)
     if spec.kv_lengths is not None:
         kv_valid = oracle.padding_mask(np.array(spec.kv_lengths), s, side=spec.side)
         q_valid = None
@@ -116,6 +131,7 @@ def _case(
     grad: bool = False,
     fill_dtype: str | None = None,
     q_scale: float = 1.0,
+    alibi: bool = False,
 ) -> Case:
     s = t if s is None else s
     rng = np.random.default_rng(seed)
@@ -140,8 +156,22 @@ def _case(
     dt = numpy_dtype(dtype)
     d_out = rng.standard_normal((b, h, t, d)).astype(dt) if grad else None
     sink_logits = None if sinks is None else np.array(sinks, np.float32)
+    bias = oracle.alibi_bias(h, t, s) if alibi else None
+    variants = _alibi_variants(h, t, s) if alibi else {}
     return Case(id_, title, dtype, q.astype(dt), k.astype(dt), v.astype(dt), spec, masks, poison, notes,
-                softcap, sink_logits, d_out, fill_dtype)
+                softcap, sink_logits, d_out, fill_dtype, bias, variants)
+
+
+def _alibi_variants(h: int, t: int, s: int) -> dict[str, np.ndarray]:
+    """The ALiBi bias misread: the power-of-two slope rule used for any head count (attention-gym's
+    generate_alibi_bias), and no bias at all."""
+    slopes = np.exp2(-8.0 * np.arange(1, h + 1) / h)
+    distance = np.arange(s)[None, :] - np.arange(t)[:, None]
+    return {
+        f"ALiBi with slopes 2^(-8 (h + 1) / H) for every H (the paper's rule only for H a power of two; H = {h})":
+            (slopes[:, None, None] * distance).astype(np.float32),
+        "none (the bias is dropped)": np.zeros((h, t, s), np.float32),
+    }
 
 
 def all_cases() -> list[Case]:
@@ -203,4 +233,14 @@ def all_cases() -> list[Case]:
         _case("gradients", "gradients", Spec(kv_lengths=(2, 4, 6, 5), q_lengths=(3, 1, 6, 4)), grad=True, seed=18,
               notes="the fully-masked-row case's gradients through the path's autodiff, against "
                     "refmask.attention_vjp: finite on fully-masked rows and equal elsewhere"),
+        _case("prefix-lm", "prefix LM", Spec(causal="top_left", prefix=3), seed=19,
+              notes="causal with a bidirectional prefix of 3 tokens: query i sees keys 0, 1, 2 and keys j <= i "
+                    "(refmask.prefix_lm_mask; attention-gym generate_prefix_lm_mask(3))"),
+        _case("dilated-window", "dilated window", Spec(window=(4, 4), dilation=2), seed=20,
+              notes="dilated sliding window: query i sees keys j with |i - j| <= 4 and i - j even (attention-gym "
+                    "generate_dilated_sliding_window(4, 2))"),
+        _case("alibi", "ALiBi, 3 heads", Spec(causal="top_left"), h=3, alibi=True, seed=21,
+              notes="causal with the ALiBi bias refmask.alibi_bias(3, 6): slopes 2^-4, 2^-8, 2^-2, the paper's "
+                    "rule for a head count that is not a power of two; paths add it to the scores (a float "
+                    "mask, bias=, a score_mod)"),
     ]

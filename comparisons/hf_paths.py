@@ -22,7 +22,8 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
   Packed sequences (several documents in one row, no attention_mask, no cache) are found from position ids
   that restart
   (find_packed_sequence_indices: a new document wherever the position does not grow by 1), and each
-  document is causal on its own positions.
+  document is causal on its own positions. A prefix LM is create_causal_mask(block_sequence_ids=...):
+  blockwise_overlay or-ed with causal, the prefix one block that sees itself both ways.
 - The attention interfaces take q, k, v (B, H, T, D) and the mask, and return the output as
   (B, T, H, D) with the softmax weights (eager) or None. Eager adds the mask to scaling * q k^T and takes
   the softmax in float32, cast back to q's dtype; Gemma 2's soft-caps the scores first
@@ -166,10 +167,24 @@ def additive_mask(case) -> torch.Tensor:
     return bias.to(_dtype(case.dtype))
 
 
+def biased_additive_mask(case) -> torch.Tensor:
+    """additive_mask(case) plus the case's score bias (H, T, S), if any: eager attention adds its mask to
+    the scores, so an ALiBi model (Bloom, Falcon) folds the bias into it."""
+    mask = additive_mask(case)
+    if case.bias is None:
+        return mask
+    return mask + torch.from_numpy(case.bias)[None].to(mask.dtype)
+
+
+def position_bias(case) -> torch.Tensor | None:
+    """The case's score bias as flex_attention_forward's position_bias, (B, H, T, S); None without one."""
+    return None if case.bias is None else torch.from_numpy(case.bias)[None].expand(case.shape).to(_dtype(case.dtype))
+
+
 def eager_additive(case) -> Native:
     """Mistral's (Llama's) eager_attention_forward with the additive mask; weights and output."""
     _, h, _, d = case.q.shape
-    module, mask = mistral_attention(h, d), additive_mask(case)
+    module, mask = mistral_attention(h, d), biased_additive_mask(case)
     return _attend(case, lambda q, k, v: modeling_mistral.eager_attention_forward(
         module, q, k, v, mask, scaling=module.scaling, dropout=0.0))
 
@@ -177,7 +192,7 @@ def eager_additive(case) -> Native:
 def gemma2_eager_additive(case) -> Native:
     """Gemma 2's eager_attention_forward (softcap = attn_logit_softcapping) with the additive mask."""
     _, h, _, d = case.q.shape
-    module, mask = gemma2_attention(h, d, case.softcap), additive_mask(case)
+    module, mask = gemma2_attention(h, d, case.softcap), biased_additive_mask(case)
     return _attend(case, lambda q, k, v: modeling_gemma2.eager_attention_forward(
         module, q, k, v, mask, dropout=0.0, scaling=module.scaling, softcap=module.attn_logit_softcapping))
 
@@ -187,7 +202,7 @@ def gpt_oss_eager_additive(case) -> Native:
     without sinks gets sink logits of -inf, whose exp(-inf) = 0 adds nothing to the denominator."""
     _, h, _, d = case.q.shape
     dtype = _dtype(case.dtype)
-    module, mask = gpt_oss_attention(h, d, dtype), additive_mask(case)
+    module, mask = gpt_oss_attention(h, d, dtype), biased_additive_mask(case)
     sinks = torch.full((h,), float("-inf")) if case.sinks is None else torch.from_numpy(case.sinks)
     with torch.no_grad():
         module.sinks.copy_(sinks.to(dtype))
@@ -204,12 +219,14 @@ def sdpa_bool(case) -> Native:
 
 
 def flex_additive(case) -> Native:
-    """ALL_ATTENTION_FUNCTIONS["flex_attention"] with the additive mask (its score_mod adds it) and the
-    case's softcap (soft-capped in the same score_mod, before the mask is added)."""
+    """ALL_ATTENTION_FUNCTIONS["flex_attention"] with the additive mask (its score_mod adds it), the
+    case's softcap (soft-capped in the same score_mod, before the mask is added) and its score bias as
+    position_bias (added there too, per head: the mask is read at head 0 only)."""
     _, h, _, d = case.q.shape
     module, mask = mistral_attention(h, d), additive_mask(case)
     flex = _flex(ALL_ATTENTION_FUNCTIONS["flex_attention"])
-    return _attend(case, lambda q, k, v: flex(module, q, k, v, mask, scaling=module.scaling, softcap=case.softcap))
+    return _attend(case, lambda q, k, v: flex(module, q, k, v, mask, scaling=module.scaling, softcap=case.softcap,
+                                              position_bias=position_bias(case)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +270,10 @@ def _refuse_what_masks_cannot_state(case) -> None:
         raise NotExpressible("packed sequences are stated without an attention_mask or a window here")
     if spec.causal is not None and t > s:
         raise NotExpressible("a cache puts the queries after the keys: no T > S")
+    if spec.dilation is not None:
+        raise NotExpressible("masking_utils has no dilated window (its windows keep every key in range)")
+    if spec.prefix is not None and (spec.window is not None or spec.segments is not None or t != s):
+        raise NotExpressible("a prefix is stated here as one bidirectional block of a causal mask, without a cache")
 
 
 def _padding(case) -> torch.Tensor | None:
@@ -272,7 +293,9 @@ def model_mask(case, implementation: str) -> tuple[Any, torch.Tensor, torch.Tens
     window; T < S puts the first S - T keys in a DynamicCache (the queries follow them, and the layer's
     cache.update appends the rest); segments are packed documents whose position ids restart at 0. Not
     causal (an encoder): create_bidirectional_mask, or create_bidirectional_sliding_window_mask for a
-    symmetric window, with segments through and_mask_function=packed_sequence_mask_function.
+    symmetric window, with segments through and_mask_function=packed_sequence_mask_function. A prefix LM:
+    create_causal_mask with block_sequence_ids marking the prefix as one block (the overlay multimodal
+    models use for bidirectional image tokens).
     inputs_embeds is in case.fill_dtype (else the case's dtype): the eager mask's fill comes from it.
     """
     _refuse_what_masks_cannot_state(case)
@@ -294,6 +317,11 @@ def model_mask(case, implementation: str) -> tuple[Any, torch.Tensor, torch.Tens
         position_ids = torch.from_numpy(oracle.positions_in_segments(np.array(spec.segments)))
     else:
         position_ids = (torch.arange(t) + past)[None]
+    if spec.prefix is not None:
+        # The prefix is a block (id 0) that attends to itself both ways: blockwise_overlay or-ed with causal.
+        blocks = torch.where(torch.arange(t) < spec.prefix, 0, -1).expand(b, t)
+        return create_causal_mask(config=config, inputs_embeds=embeds, attention_mask=attention_mask, cache=None,
+                                  position_ids=position_ids, block_sequence_ids=blocks), k, v
     create = create_causal_mask if config.sliding_window is None else create_sliding_window_causal_mask
     mask = create(config=config, inputs_embeds=embeds, attention_mask=attention_mask, cache=cache,
                   position_ids=position_ids)
@@ -349,19 +377,19 @@ EAGER_GRADS = "not taken: hf.eager holds eager_attention_forward's gradients"
 
 PATHS = [
     Path("hf.eager", "transformers", "eager_attention_forward(additive mask)", eager_additive,
-         "float mask added to the scores: 0 kept, finfo(dtype).min masked (eager_mask's fill); weights and output",
-         features=_GRAD),
+         "float mask added to the scores: 0 kept, finfo(dtype).min masked (eager_mask's fill), plus any score bias; "
+         "weights and output", features=_GRAD | {"bias"}),
     Path("hf.eager-gemma2", "transformers", "Gemma 2 eager_attention_forward(softcap)", gemma2_eager_additive,
          "as hf.eager, scores soft-capped by attn_logit_softcapping before the mask is added",
-         features=frozenset({"softcap"}), no_grads=EAGER_GRADS),
+         features=frozenset({"softcap", "bias"}), no_grads=EAGER_GRADS),
     Path("hf.eager-gpt_oss", "transformers", "GPT-OSS eager_attention_forward(sinks)", gpt_oss_eager_additive,
          "as hf.eager, module.sinks appended to each row (-inf without sinks); softmax in the logits' dtype",
-         features=frozenset({"sinks"}), no_grads=EAGER_GRADS),
+         features=frozenset({"sinks", "bias"}), no_grads=EAGER_GRADS),
     Path("hf.sdpa", "transformers", "ALL_ATTENTION_FUNCTIONS['sdpa'](bool mask)", sdpa_bool,
          "bool mask (B, 1, T, S), True = attend (sdpa_mask's convention)", features=_GRAD),
     Path("hf.flex_attention", "transformers", "ALL_ATTENTION_FUNCTIONS['flex_attention'](additive mask)",
-         flex_additive, "float mask added by its score_mod (0 kept, finfo.min masked), after softcap; run eagerly",
-         features=frozenset({"softcap"}), no_grads=NO_FLEX_CPU_BACKWARD),
+         flex_additive, "float mask added by its score_mod (0 kept, finfo.min masked), after softcap; score bias "
+         "as position_bias; run eagerly", features=frozenset({"softcap", "bias"}), no_grads=NO_FLEX_CPU_BACKWARD),
     Path("hf.masks-eager", "transformers", "masking_utils mask (eager) -> eager attention", masks_eager,
          "create_causal / sliding_window / bidirectional mask from 2D padding, cache, position ids; additive",
          features=_GRAD),

@@ -8,6 +8,8 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
   right padding (valid tokens first); local_window_size=(left, right) keeps keys i-left .. i+right.
   refmask.conventions.jax_local_window_size says what each local_window_size means.
 - jax.nn.softmax(x, where=mask): True = included in the softmax (the same as refmask's keep).
+- A score bias (ALiBi): dot_product_attention's bias= (added to the scaled scores before the mask),
+  or added to the scores by hand before jax.nn.softmax.
 - Gradients: jax.vjp of the output, pulled back from d_out (the gradient of sum(d_out * output)).
 """
 
@@ -78,6 +80,11 @@ def vjp_path(forward: Forward) -> Callable[[Any], Native]:
     return fn
 
 
+def score_bias(case) -> jax.Array | None:
+    """The case's score bias as (1, H, T, S), broadcastable to the scores; None when it has none."""
+    return None if case.bias is None else jnp.asarray(case.bias)[None]
+
+
 def _dpa(q, k, v, **kwargs) -> jax.Array:
     """jax.nn.dot_product_attention on (B, H, T, D) arrays (it takes and returns (B, T, N, H))."""
     out = jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), implementation="xla", **kwargs)
@@ -105,7 +112,7 @@ def local_window_size(window: tuple[int, int]) -> int | tuple[int, int]:
 @vjp_path
 def jax_dpa_mask(q, k, v, case):
     """jax.nn.dot_product_attention(mask=mask): the mask means what refmask's means."""
-    return _dpa(q, k, v, mask=jnp.asarray(case.mask)), None
+    return _dpa(q, k, v, mask=jnp.asarray(case.mask), bias=score_bias(case)), None
 
 
 @vjp_path
@@ -119,7 +126,7 @@ def jax_dpa_structure(q, k, v, case):
             "(no per-example offset, no segment ids, no left padding)",
     )
     spec = case.spec
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"bias": score_bias(case)}
     if spec.causal is not None:
         kwargs["is_causal"] = True
     if spec.window is not None:
@@ -135,17 +142,21 @@ def jax_dpa_structure(q, k, v, case):
 def jax_softmax_where(q, k, v, case):
     """jax.nn.softmax(scores, where=mask): mask entries True are the ones the softmax sees."""
     scores = jnp.einsum("bhtd,bhsd->bhts", q, k) * (1.0 / math.sqrt(q.shape[-1]))
+    bias = score_bias(case)
+    if bias is not None:
+        scores = scores + bias.astype(scores.dtype)
     weights = jax.nn.softmax(scores, axis=-1, where=jnp.asarray(case.mask))
     return weights @ v, weights
 
 
-GRAD = frozenset({"grad"})
+GRAD_BIAS = frozenset({"grad", "bias"})
 
 PATHS = [
     Path("jax.softmax-where", "jax", "jax.nn.softmax(where=mask)", jax_softmax_where,
-         "where = keep mask (same convention); weights and output", GRAD),
+         "where = keep mask (same convention); a score bias added first; weights and output", GRAD_BIAS),
     Path("jax.dpa-mask", "jax", "jax.nn.dot_product_attention(mask=)", jax_dpa_mask,
-         "bool mask, True = attend (same); BTNH layout; implementation=\"xla\"", GRAD),
+         "bool mask, True = attend (same); score bias as bias=; BTNH layout; implementation=\"xla\"", GRAD_BIAS),
     Path("jax.dpa-structure", "jax", "jax.nn.dot_product_attention(is_causal, seq_lengths, local_window_size)",
-         jax_dpa_structure, "structure instead of a mask: top-left causal, right padding, windows", GRAD),
+         jax_dpa_structure, "structure instead of a mask: top-left causal, right padding, windows; bias=",
+         GRAD_BIAS),
 ]

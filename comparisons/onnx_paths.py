@@ -148,10 +148,13 @@ def _softcap(case) -> tuple[tuple[str, int | float], ...]:
 
 def additive_mask(case) -> np.ndarray:
     """The case's mask as a float attn_mask: 0 kept, finfo.min masked, built in case.fill_dtype (else the
-    case's dtype) and cast to the case's dtype, as a model in half precision that upcasts does."""
+    case's dtype) and cast to the case's dtype, as a model in half precision that upcasts does; plus the
+    case's score bias (H, T, S), if any (attn_mask is added to the scores, so it carries both)."""
     fill = case.fill_dtype or case.dtype
-    bias = np.where(case.mask, 0.0, lowest(fill)).astype(numpy_dtype(fill))
-    return bias.astype(numpy_dtype(case.dtype))
+    mask = np.where(case.mask, 0.0, lowest(fill)).astype(numpy_dtype(fill)).astype(numpy_dtype(case.dtype))
+    if case.bias is not None:
+        mask = mask + case.bias[None].astype(mask.dtype)
+    return mask
 
 
 def structure(case) -> Structure:
@@ -247,6 +250,7 @@ def ort_structure(case) -> Native:
 
 
 _FEATURES = frozenset({"softcap"})
+_ADDITIVE_FEATURES = frozenset({"softcap", "bias"})
 _NO_GRADS = "no autodiff"  # Path.no_grads: the reference evaluator and onnxruntime run forward only
 
 PATHS = [
@@ -254,8 +258,8 @@ PATHS = [
          "bool attn_mask, True = attend (same as refmask); weights from qk_matmul_output_mode=3",
          _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ref-additive-mask", "onnx", "ReferenceEvaluator: Attention-23(float attn_mask)", ref_additive_mask,
-         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up); mode-3 weights",
-         _FEATURES, no_grads=_NO_GRADS),
+         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up), plus any score bias; mode-3 weights",
+         _ADDITIVE_FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ref-structure", "onnx", "ReferenceEvaluator: Attention(is_causal, past_key, nonpad_kv_seqlen, "
          "windows)", ref_structure, "structure at opset 23 (is_causal, past_key: bottom-right), 24 "
          "(nonpad_kv_seqlen), 25 (left/right_window_size); mode-3 weights", _FEATURES, no_grads=_NO_GRADS),
@@ -263,8 +267,8 @@ PATHS = [
          "bool attn_mask, True = attend; CPU kernel; weights from qk_matmul_output_mode=3",
          _FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ort-additive-mask", "onnx", "onnxruntime: Attention-24(float attn_mask)", ort_additive_mask,
-         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up); CPU kernel; mode-3 weights",
-         _FEATURES, no_grads=_NO_GRADS),
+         "float attn_mask: 0 kept, finfo.min masked (in fill_dtype, cast up), plus any score bias; CPU kernel; "
+         "mode-3 weights", _ADDITIVE_FEATURES, no_grads=_NO_GRADS),
     Path("onnx.ort-structure", "onnx", "onnxruntime: Attention(is_causal, past_key, nonpad_kv_seqlen, windows)",
          ort_structure, "structure at opset 24 on the CPU kernel; windows at opset 25 (run as ONNX's function "
          "body); mode-3 weights", _FEATURES, no_grads=_NO_GRADS),

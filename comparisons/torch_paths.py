@@ -15,6 +15,8 @@ Conventions to translate (refmask: bool mask, True = may attend, broadcastable t
   scaling and before the mask (soft-capping is one). Its eager CPU backward raises NotImplementedError.
 - torch.softmax(scores + bias): the hand-written additive idiom (Hugging Face's eager attention), with
   the same additive bias as SDPA's float attn_mask.
+- A score bias (ALiBi) is added to the scores: into the additive mask (SDPA's float attn_mask, the
+  hand-written idioms) or by a score_mod (flex_attention); a bool attn_mask has no room for it.
 - Gradients: torch.autograd of sum(d_out * output) w.r.t. q, k and v (run_forward).
 - nn.Transformer.generate_square_subsequent_mask(T): a float (T, T) mask, -inf above the diagonal.
 """
@@ -113,6 +115,17 @@ def additive_mask(case, fill: str) -> torch.Tensor:
     return torch.zeros(case.shape, dtype=build).masked_fill(~_full_mask(case), value).to(compute)
 
 
+def score_bias(case, dtype: torch.dtype) -> torch.Tensor | float:
+    """The case's score bias as (1, H, T, S) in `dtype`, to add to the scores; 0.0 when it has none."""
+    return 0.0 if case.bias is None else torch.from_numpy(case.bias)[None].to(dtype)
+
+
+def biased_additive_mask(case, fill: str) -> torch.Tensor:
+    """additive_mask(case, fill) plus the case's score bias: SDPA's float attn_mask for both at once."""
+    mask = additive_mask(case, fill)
+    return mask + score_bias(case, mask.dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # plain softmax
 
@@ -124,21 +137,22 @@ def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 @autograd_path
 def softmax_masked_fill(q, k, v, case):
     """softmax(scores.masked_fill(~mask, -inf)): the textbook way; refmask's mask is the keep mask."""
-    weights = torch.softmax(_scores(q, k).masked_fill(~_full_mask(case), float("-inf")), dim=-1)
+    scores = _scores(q, k) + score_bias(case, q.dtype)
+    weights = torch.softmax(scores.masked_fill(~_full_mask(case), float("-inf")), dim=-1)
     return weights @ v, weights
 
 
 @autograd_path
 def softmax_additive_inf(q, k, v, case):
     """torch.softmax(scores + bias), bias = 0 where kept, -inf where masked: the hand-written additive mask."""
-    weights = torch.softmax(_scores(q, k) + additive_mask(case, "-inf"), dim=-1)
+    weights = torch.softmax(_scores(q, k) + biased_additive_mask(case, "-inf"), dim=-1)
     return weights @ v, weights
 
 
 @autograd_path
 def softmax_additive_min(q, k, v, case):
     """torch.softmax(scores + bias), bias = 0 kept, finfo.min masked (Hugging Face's eager attention)."""
-    weights = torch.softmax(_scores(q, k) + additive_mask(case, "min"), dim=-1)
+    weights = torch.softmax(_scores(q, k) + biased_additive_mask(case, "min"), dim=-1)
     return weights @ v, weights
 
 
@@ -155,13 +169,13 @@ def sdpa_bool(q, k, v, case):
 @autograd_path
 def sdpa_additive_inf(q, k, v, case):
     """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 where kept, -inf where masked."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(case, "-inf")), None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=biased_additive_mask(case, "-inf")), None
 
 
 @autograd_path
 def sdpa_additive_min(q, k, v, case):
     """F.scaled_dot_product_attention(attn_mask=bias), bias = 0 kept, finfo(dtype).min masked (as HF)."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(case, "min")), None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=biased_additive_mask(case, "min")), None
 
 
 @autograd_path
@@ -270,30 +284,36 @@ def mha_square_subsequent(q, k, v, case):
 # flex_attention
 
 
-def flex_mask_mod(case):
-    """refmask's mask of the case written as a flex mask_mod (True = attend), from its structure.
+def flex_mask_mod(case, device: torch.device | str = "cpu"):
+    """refmask's mask of the case written as a flex mask_mod (True = attend), from its structure; the
+    tensors it reads (offsets, lengths, segment ids) live on `device`, the kernel's.
 
     Causal compares raw indices, shifted by S - T for bottom-right alignment or by a per-example
-    offset[b] (a query of example b sits at position offset[b] + q_idx in a KV cache); packed
-    documents are a document mask: same segment id.
+    offset[b] (a query of example b sits at position offset[b] + q_idx in a KV cache), or-ed with
+    kv_idx < prefix for a prefix LM; a dilated window also asks (q_idx - kv_idx) % dilation == 0;
+    packed documents are a document mask: same segment id.
     """
     spec = case.spec
     _, _, t, s = case.shape
     shift = s - t if spec.causal in ("bottom_right", "either") else 0
-    offset = None if spec.offset is None else torch.tensor(spec.offset)
-    kv_len = None if spec.kv_lengths is None else torch.tensor(spec.kv_lengths)
-    q_len = None if spec.q_lengths is None else torch.tensor(spec.q_lengths)
-    segments = None if spec.segments is None else torch.tensor(spec.segments)
+
+    def tensor(values: Any) -> torch.Tensor | None:
+        return None if values is None else torch.tensor(values, device=device)
+
+    offset, kv_len, q_len, segments = map(tensor, (spec.offset, spec.kv_lengths, spec.q_lengths, spec.segments))
 
     def mask_mod(b, h, q_idx, kv_idx):
         keep = q_idx >= 0  # all True, as a tensor
         if offset is not None:
             keep = keep & (kv_idx <= q_idx + offset[b])
         elif spec.causal is not None:
-            keep = keep & (kv_idx <= q_idx + shift)
+            causal = kv_idx <= q_idx + shift
+            keep = keep & (causal if spec.prefix is None else causal | (kv_idx < spec.prefix))
         if spec.window is not None:
             left, right = spec.window
             keep = keep & (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+        if spec.dilation is not None:
+            keep = keep & ((q_idx - kv_idx) % spec.dilation == 0)
         if kv_len is not None:
             kv_ok = kv_idx < kv_len[b] if spec.side == "right" else kv_idx >= s - kv_len[b]
             keep = keep & kv_ok
@@ -307,17 +327,23 @@ def flex_mask_mod(case):
     return mask_mod
 
 
-def flex_score_mod(case):
-    """The case's soft-capping as a flex score_mod, c * tanh(score / c) (flex applies it to the
-    scaled score, before the mask); None when the case has no softcap."""
-    if case.softcap is None:
+def flex_score_mod(case, device: torch.device | str = "cpu"):
+    """The case's soft-capping, c * tanh(score / c), then its score bias, score + bias[h, q_idx, kv_idx]
+    (a tensor on `device`), as one flex score_mod (flex applies it to the scaled score, before the mask);
+    None when the case has neither."""
+    if case.softcap is None and case.bias is None:
         return None
     cap = case.softcap
+    bias = None if case.bias is None else torch.from_numpy(case.bias).to(device)
 
-    def softcap(score, b, h, q_idx, kv_idx):
-        return cap * torch.tanh(score / cap)
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if cap is not None:
+            score = cap * torch.tanh(score / cap)
+        if bias is not None:
+            score = score + bias[h, q_idx, kv_idx].to(score.dtype)
+        return score
 
-    return softcap
+    return score_mod
 
 
 @autograd_path
@@ -333,14 +359,15 @@ def flex(q, k, v, case):
 
 
 GRAD = frozenset({"grad"})
+GRAD_BIAS = frozenset({"grad", "bias"})
 
 PATHS = [
     Path("torch.softmax-masked_fill", "torch", "softmax(scores.masked_fill(~mask, -inf))", softmax_masked_fill,
-         "keep mask inverted for masked_fill; weights and output", GRAD),
+         "keep mask inverted for masked_fill; a score bias added first; weights and output", GRAD_BIAS),
     Path("torch.softmax-additive-inf", "torch", "torch.softmax(scores + additive -inf)", softmax_additive_inf,
-         "hand-written additive mask: 0 kept, -inf masked; weights and output", GRAD),
+         "hand-written additive mask: 0 kept, -inf masked; weights and output", GRAD_BIAS),
     Path("torch.softmax-additive-min", "torch", "torch.softmax(scores + additive finfo.min)", softmax_additive_min,
-         "hand-written additive mask: 0 kept, finfo(dtype).min masked (HF eager); weights and output", GRAD),
+         "hand-written additive mask: 0 kept, finfo(dtype).min masked (HF eager); weights and output", GRAD_BIAS),
     Path("torch.mha-weights", "torch", "nn.MultiheadAttention(need_weights=True)", mha_weights,
          "attn_mask = ~mask, (B*H, T, S), True = masked; identity projections", GRAD),
     Path("torch.mha-fast-path", "torch", "nn.MultiheadAttention fast path", mha_fast_path,
@@ -351,9 +378,9 @@ PATHS = [
     Path("torch.sdpa-bool", "torch", "F.scaled_dot_product_attention(bool attn_mask)", sdpa_bool,
          "bool attn_mask, True = attend (same as refmask)", GRAD),
     Path("torch.sdpa-additive-inf", "torch", "F.scaled_dot_product_attention(additive -inf)", sdpa_additive_inf,
-         "float attn_mask: 0 kept, -inf masked", GRAD),
+         "float attn_mask: 0 kept, -inf masked, plus any score bias", GRAD_BIAS),
     Path("torch.sdpa-additive-min", "torch", "F.scaled_dot_product_attention(additive finfo.min)",
-         sdpa_additive_min, "float attn_mask: 0 kept, finfo(dtype).min masked", GRAD),
+         sdpa_additive_min, "float attn_mask: 0 kept, finfo(dtype).min masked, plus any score bias", GRAD_BIAS),
     Path("torch.sdpa-is_causal", "torch", "F.scaled_dot_product_attention(is_causal=True)", sdpa_is_causal,
          "causal only, top-left", GRAD),
     Path("torch.sdpa-causal_upper_left", "torch", "SDPA + causal_upper_left(T, S)", sdpa_causal_upper_left,
@@ -361,6 +388,7 @@ PATHS = [
     Path("torch.sdpa-causal_lower_right", "torch", "SDPA + causal_lower_right(T, S)", sdpa_causal_lower_right,
          "CausalBias, bottom-right", GRAD),
     Path("torch.flex_attention", "torch", "flex_attention + create_block_mask", flex,
-         "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure; softcap as a score_mod",
-         frozenset({"softcap"}), no_grads=NO_FLEX_CPU_BACKWARD),
+         "mask_mod(b, h, q_idx, kv_idx) -> True = attend, from the mask's structure; softcap and score bias as "
+         "a score_mod",
+         frozenset({"softcap", "bias"}), no_grads=NO_FLEX_CPU_BACKWARD),
 ]

@@ -176,10 +176,13 @@ def local_attention(case) -> Stated:
 
 def tensor_bias(case) -> Native:
     """A torch.Tensor attn_bias, (B, H, T, S): 0 where the case's mask keeps, -inf where it masks (the
-    "zeros and negative infinities" of AttentionBias's docstring), built in case.fill_dtype if any."""
+    "zeros and negative infinities" of AttentionBias's docstring), built in case.fill_dtype if any, plus
+    the case's score bias (ALiBi), which a tensor attn_bias is for."""
     fill = torch.float32 if case.fill_dtype is None else getattr(torch, case.fill_dtype)
     keep = torch.from_numpy(np.broadcast_to(case.mask, case.shape).copy())
     bias = torch.zeros(case.shape, dtype=fill).masked_fill(~keep, float("-inf"))
+    if case.bias is not None:
+        bias = bias + torch.from_numpy(case.bias)[None].to(fill)
     q, k, v = to_bmhk(case.q), to_bmhk(case.k), to_bmhk(case.v)
     out = ref_attention_bmhk(q, k, v, attn_bias=bias).to(q.dtype)
     return Native(output=to_numpy(out.permute(0, 2, 1, 3)))
@@ -256,7 +259,8 @@ XFORMERS_GRADS = "not taken: the CPU reference is plain torch autograd"
 
 PATHS = [
     Path("xformers.tensor-bias", "xformers", "xformers reference, attn_bias = torch.Tensor", tensor_bias,
-         "additive (B, H, T, S) tensor: 0 kept, -inf masked; ref_attention_bmhk, BMHK layout", no_grads=XFORMERS_GRADS),
+         "additive (B, H, T, S) tensor: 0 kept, -inf masked, plus any score bias; ref_attention_bmhk, BMHK layout",
+         frozenset({"bias"}), no_grads=XFORMERS_GRADS),
     Path("xformers.LowerTriangularMask", "xformers", "LowerTriangularMask", bias_path(lower_triangular),
          "materialize() -> 0 / -inf, causal top-left; ref_attention_bmhk", no_grads=XFORMERS_GRADS),
     Path("xformers.LowerTriangularFromBottomRightMask", "xformers", "LowerTriangularFromBottomRightMask",

@@ -50,6 +50,7 @@ def _materialised(fn, case: Case) -> np.ndarray:
 
 def test_mask_mods_state_the_mask():
     """causal_mask is top-left (the rectangular case), generate_sliding_window(w) the causal window,
+    generate_prefix_lm_mask(p) the prefix LM, generate_dilated_sliding_window(w, d) the dilated window,
     generate_doc_mask_mod the segments and packed causal documents."""
     stated = []
     for case in _cases().values():
@@ -61,7 +62,48 @@ def test_mask_mods_state_the_mask():
         mask = case.masks.get("top_left", case.mask)
         want = _stacked_mask(mask) if case.spec.segments is not None else np.broadcast_to(mask, case.shape)
         np.testing.assert_array_equal(_materialised(fn, case), want, err_msg=case.id)
-    assert {"causal-rectangular", "causal-window", "segment", "varlen-packed"} <= set(stated)
+    assert {"causal-rectangular", "causal-window", "segment", "varlen-packed", "prefix-lm",
+            "dilated-window"} <= set(stated)
+
+
+def test_dilated_window_is_symmetric_only():
+    """generate_dilated_sliding_window(w, d) keeps |i - j| <= w: a one-sided dilated window is not stated."""
+    case = _cases()["dilated-window"]
+    one_sided = dataclasses.replace(case, spec=dataclasses.replace(case.spec, window=(4, 1)))
+    with pytest.raises(NotExpressible, match="symmetric"):
+        ag.mask_mod(one_sided)
+
+
+def _alibi_attention(case: Case, heads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(attention-gym's output, the oracle's) on the ALiBi case's inputs widened or cut to `heads` heads."""
+    b, _, t, s = case.shape
+    rng = np.random.default_rng(heads)
+    q, k, v = (rng.standard_normal((b, heads, n, 4)).astype(np.float32) for n in (t, s, s))
+    bias = oracle.alibi_bias(heads, t, s)
+    variant = dataclasses.replace(case, q=q, k=k, v=v, bias=bias)
+    got = ag.mask_mods(variant).output
+    assert got is not None
+    return got, np.asarray(oracle.attention(q, k, v, case.mask, bias=bias))
+
+
+def test_alibi_score_mod_is_refmasks_for_a_power_of_two_heads_only():
+    """generate_alibi_bias(H) uses the slopes 2^(-8 (h + 1) / H): refmask's alibi_slopes (the paper's rule)
+    for H = 4, not for H = 3, where it equals the case's power-of-two variant instead."""
+    case = _cases()["alibi"]
+    got, want = _alibi_attention(case, 4)
+    assert_attention_close(got, want)
+    got, want = _alibi_attention(case, 3)
+    assert np.abs(got - want).max() > 1e-2
+    misread = next(bias for label, bias in case.bias_variants.items() if "2^(-8 (h + 1) / H)" in label)
+    assert_attention_close(ag.mask_mods(case).output, oracle.attention(case.q, case.k, case.v, case.mask, bias=misread))
+
+
+def test_alibi_score_mod_refuses_another_bias():
+    case = _cases()["alibi"]
+    assert case.bias is not None
+    other = dataclasses.replace(case, bias=case.bias * 2)
+    with pytest.raises(NotExpressible, match="ALiBi only"):
+        ag.mask_mods(other)
 
 
 def test_packed_causal_doc_is_the_doc_mask():
@@ -102,4 +144,4 @@ def test_flex_attention_has_no_cpu_backward():
     q = torch.zeros(1, 1, 2, 4, requires_grad=True)
     with pytest.raises(NotImplementedError, match="backward on CPU"):
         flex_attention(q, q, q)
-    assert {p.features for p in ag.PATHS} == {frozenset({"softcap", "sinks"})}
+    assert not any("grad" in p.features for p in ag.PATHS)

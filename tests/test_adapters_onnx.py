@@ -140,7 +140,10 @@ def test_nonpad_kv_seqlen_overwrites_nan_scores_only_in_onnxruntime():
     np.testing.assert_allclose(got, oracle.attention(case.q, case.k, case.v, case.mask), rtol=1e-5, atol=1e-6)
 
 
-def test_every_path_declares_softcap_only():
-    """Attention has softcap; it has no sinks and no autodiff."""
-    assert {p.features for p in onnx_paths.PATHS} == {frozenset({"softcap"})}
+def test_every_path_declares_softcap_and_the_float_masks_a_bias():
+    """Attention has softcap; it has no sinks and no autodiff; a float attn_mask, added to the scores,
+    carries a score bias too."""
+    features = {p.id: p.features for p in onnx_paths.PATHS}
+    assert {i for i, f in features.items() if "bias" in f} == {"onnx.ref-additive-mask", "onnx.ort-additive-mask"}
+    assert set().union(*features.values()) == {"softcap", "bias"}
     assert {p.framework for p in onnx_paths.PATHS} == {"onnx"}

@@ -163,7 +163,8 @@ def test_import_warning_is_silenced(caplog):
     assert [r.getMessage() for r in caplog.records] == ["after"]
 
 
-def test_paths_declare_no_kernel_features():
-    """The reference has no soft-capping and no sinks; it is not xformers' kernels' backward either."""
-    assert {p.features for p in xf.PATHS} == {frozenset()}
+def test_paths_declare_no_kernel_features_but_the_tensor_bias():
+    """The reference has no soft-capping and no sinks; it is not xformers' kernels' backward either. A
+    tensor attn_bias is added to the scores, so it carries a score bias; the mask classes do not."""
+    assert {p.id: p.features for p in xf.PATHS if p.features} == {"xformers.tensor-bias": {"bias"}}
     assert {p.framework for p in xf.PATHS} == {"xformers"}

@@ -236,6 +236,8 @@ def test_committed_matrix_records_the_known_behaviours():
     assert policy("flax.dot_product_attention_weights", "fully-masked-row") == ["uniform"]
     assert policy("jax.softmax-where", "fully-masked-row") == ["zero"]
     assert policy("jax.dpa-mask", "fully-masked-batch") == ["uniform"]
+    assert "2^(-8 (h + 1) / H) for every H" in cells[("attn_gym.mask_mods", "alibi")]["reason"]
+    assert cells[("hf.masks-sdpa", "prefix-lm")]["status"] == "agrees"
 
 
 def test_compare_in_process_subset(tmp_path, capsys):
@@ -324,3 +326,27 @@ def test_a_path_without_gradients_says_why_in_the_gradient_cell(framework):
             assert path.no_grads, f"{path.id} takes no gradients and does not say why (Path.no_grads)"
             cell = evaluate(path, case("gradients"))
             assert (cell.status, cell.reason) == ("not expressible", f"no gradients ({path.no_grads})"), path.id
+
+
+def test_a_path_that_adds_another_bias_is_told_which():
+    """A path on the ALiBi case that drops the bias, or adds the power-of-two slopes for H = 3, differs
+    with a reason naming that reading; one that adds refmask.alibi_bias agrees."""
+    from comparisons._base import Native
+
+    alibi = case("alibi")
+
+    def adds(bias):
+        def fn(c):
+            return Native(output=np.asarray(oracle.attention(c.q, c.k, c.v, c.mask, bias=bias)))
+        return fn
+
+    right = evaluate(NativePath("x.alibi", "x", "alibi", adds(alibi.bias), "", frozenset({"bias"})), alibi)
+    assert right.status == "agrees"
+    dropped = evaluate(NativePath("x.none", "x", "none", adds(None), "", frozenset({"bias"})), alibi)
+    assert (dropped.status, dropped.reason) == ("differs", "the score bias it adds is none (the bias is dropped)")
+    slopes = np.exp2(-8.0 * np.arange(1, 4) / 3)
+    power_of_two = (slopes[:, None, None] * (np.arange(6)[None, :] - np.arange(6)[:, None])).astype(np.float32)
+    misread = evaluate(NativePath("x.p2", "x", "p2", adds(power_of_two), "", frozenset({"bias"})), alibi)
+    assert misread.status == "differs" and "2^(-8 (h + 1) / H) for every H" in misread.reason
+    lacking = evaluate(NativePath("x.no", "x", "no", adds(alibi.bias), ""), alibi)
+    assert (lacking.status, lacking.reason) == ("not expressible", "no score bias")

@@ -13,7 +13,7 @@ from .explain import explain
 from .reference import assert_gradients_agree, attention
 
 # What a path lacks when it cannot run a case that needs a kernel feature.
-_LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks"}
+_LACKS = {"softcap": "no score soft-capping", "sinks": "no attention sinks", "bias": "no score bias"}
 
 
 def _lacking(path: Path, feature: str) -> str:

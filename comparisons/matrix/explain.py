@@ -3,6 +3,8 @@ what the path gives on fully-masked rows)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from refmask.testing import assert_attention_close, assert_weights_close
@@ -103,8 +105,26 @@ def _gradient_reasons(native, case: Case, q, k, v, mask, full: np.ndarray) -> li
     return [f"gradients beyond tolerance under every policy ({errors[0]})"]
 
 
+def _bias_read_as(native, case: Case, q, k, v, mask) -> str | None:
+    """Which of the case's other readings of its score bias the path's results agree with, if one does."""
+    for label, bias in case.bias_variants.items():
+        out, weights = attention(dataclasses.replace(case, bias=bias), q, k, v, mask, "zero")
+        try:
+            if native.weights is not None:
+                assert_weights_close(native.weights, weights, mask=mask)
+            if native.output is not None:
+                assert_attention_close(native.output, out)
+        except AssertionError:
+            continue
+        return f"the score bias it adds is {label}"
+    return None
+
+
 def explain(native, case: Case, q, k, v, mask) -> tuple[float, str]:
     """Max error and a one-line reason the path differs from the oracle under every policy."""
+    read_as = _bias_read_as(native, case, q, k, v, mask)
+    if read_as is not None:
+        return _max_error(native, case, q, k, v, mask), read_as
     full = _fully_masked_rows(mask, case.shape)
     kept = ~full
     out, weights = attention(case, q, k, v, mask, "zero")

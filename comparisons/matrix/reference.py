@@ -13,19 +13,19 @@ GRAD_NAMES = ("dq", "dk", "dv")
 
 
 def attention(case: Case, q, k, v, mask, policy: str) -> tuple[np.ndarray, np.ndarray]:
-    """oracle.attention's (output, weights) for the case's softcap and sinks under `policy`; mask None
-    is the unmasked softmax."""
-    out, weights = oracle.attention(q, k, v, mask, softcap=case.softcap, sinks=case.sinks,
+    """oracle.attention's (output, weights) for the case's bias, softcap and sinks under `policy`; mask
+    None is the unmasked softmax."""
+    out, weights = oracle.attention(q, k, v, mask, bias=case.bias, softcap=case.softcap, sinks=case.sinks,
                                     fully_masked=policy, return_weights=True)
     return out, weights
 
 
 def gradients(case: Case, q, k, v, mask, policy: str) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """refmask.attention_vjp's (dq, dk, dv) for the case's d_out, and each entry's term magnitudes."""
-    grads = oracle.attention_vjp(q, k, v, mask, case.d_out, softcap=case.softcap, sinks=case.sinks,
-                                 fully_masked=policy)
-    terms = attention_gradient_terms(q, k, v, mask, case.d_out, softcap=case.softcap, sinks=case.sinks,
-                                     fully_masked=policy)
+    grads = oracle.attention_vjp(q, k, v, mask, case.d_out, bias=case.bias, softcap=case.softcap,
+                                 sinks=case.sinks, fully_masked=policy)
+    terms = attention_gradient_terms(q, k, v, mask, case.d_out, bias=case.bias, softcap=case.softcap,
+                                     sinks=case.sinks, fully_masked=policy)
     return (grads.dq, grads.dk, grads.dv), (terms.dq, terms.dk, terms.dv)
 
 

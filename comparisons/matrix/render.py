@@ -32,6 +32,9 @@ SHORT = {
     "softcap": "softcap",
     "sinks": "sinks",
     "gradients": "grads",
+    "prefix-lm": "prefix LM",
+    "dilated-window": "dilated",
+    "alibi": "ALiBi",
 }
 
 
