@@ -182,7 +182,11 @@ AGREEING = [
     ("torch-cuda.sdpa-flash-bool", "segment", ["zero", "uniform", "nan"], ""),  # float32 run in float16
     ("torch-cuda.flex_attention-compiled", "decode-offset", ["zero", "uniform", "nan"], ""),
     ("torch-cuda.flex_attention-compiled", "softcap", ["zero", "uniform", "nan"], ""),
+    ("torch-cuda.flex_attention-compiled", "prefix-lm", ["zero", "uniform", "nan"], ""),
+    ("torch-cuda.flex_attention-compiled", "alibi", ["zero", "uniform", "nan"], ""),
+    ("torch-cuda.refmask", "alibi", ["zero", "uniform", "nan"], ""),
     ("jax-gpu.refmask", "gradients", ["zero"], ""),
+    ("jax-gpu.refmask", "alibi", ["zero", "uniform", "nan"], ""),
     ("jax-gpu.dpa-cudnn-structure", "causal-window", ["zero", "uniform", "nan"], ""),
 ]
 

@@ -117,10 +117,11 @@ def refmask_jax(case) -> Native:
     q, k, v = (jax.device_put(a, dev) for a in (case.q, case.k, case.v))
     mask = jax.device_put(np.ascontiguousarray(case.mask), dev)
     sinks = None if case.sinks is None else jax.device_put(case.sinks, dev)
+    bias = None if case.bias is None else jax.device_put(case.bias, dev)
 
     def call(q, k, v, return_weights=False):
-        return refmask.attention(q, k, v, mask, softcap=case.softcap, sinks=sinks, return_weights=return_weights,
-                                 backend="jax")
+        return refmask.attention(q, k, v, mask, bias=bias, softcap=case.softcap, sinks=sinks,
+                                 return_weights=return_weights, backend="jax")
 
     out, weights = call(q, k, v, return_weights=True)
     grads = None
@@ -134,7 +135,7 @@ def refmask_jax(case) -> Native:
 PATHS = [
     Path("jax-gpu.refmask", "jax-gpu", "refmask.attention(backend=\"jax\") on the GPU", refmask_jax,
          "the canonical mask as is, arrays placed on the GPU; weights and output",
-         frozenset({"softcap", "sinks", "grad"})),
+         frozenset({"softcap", "sinks", "bias", "grad"})),
     Path("jax-gpu.dpa-cudnn-mask", "jax-gpu", "jax.nn.dot_product_attention(mask=, implementation=\"cudnn\")",
          cudnn_mask, "bool mask, True = attend; BTNH; float32 cases in float16; D zero-padded to 16",
          frozenset({"grad"})),

@@ -164,6 +164,8 @@ def refmask_torch(case) -> Native:
     kwargs: dict[str, Any] = {"softcap": case.softcap, "backend": "torch"}
     if case.sinks is not None:
         kwargs["sinks"] = on(case.sinks, dev)
+    if case.bias is not None:
+        kwargs["bias"] = on(case.bias, dev)
     out = refmask.attention(q, k, v, mask, **kwargs)
     with torch.no_grad():
         weights = refmask.attention_weights(q, k, mask, **kwargs)
@@ -177,6 +179,6 @@ def refmask_torch(case) -> Native:
 PATHS = [
     Path("torch-cuda.refmask", "torch-cuda", "refmask.attention(backend=\"torch\") on CUDA tensors", refmask_torch,
          "the canonical mask as is; attention on SDPA's kernels where refmask's promises hold; weights from "
-         "attention_weights", frozenset({"softcap", "sinks", "grad"})),
+         "attention_weights", frozenset({"softcap", "sinks", "bias", "grad"})),
     *(_sdpa_path(kernel, mask) for kernel in KERNELS for mask in ("bool", "additive", "is_causal")),
 ]
