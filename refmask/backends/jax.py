@@ -16,8 +16,9 @@ definitions, refmask/_validate.py makes its argument errors identical to every o
   call in a loop compiles once per shape/dtype/static argument, never per call; under a user's jax.jit
   they are inlined.
 - float16/bfloat16: scores, softmax and the weights-value product run in float32, the result is rounded
-  once to the input dtype. float32 matmuls run at Precision.HIGHEST (no TF32/bf16 passes on GPU/TPU):
-  this is the reference, accuracy first.
+  once to the input dtype. On an NVIDIA GPU, attention in half precision runs on cuDNN's fused kernel
+  through jax.nn.dot_product_attention where refmask's promises hold there (_jax_fused.py). float32
+  matmuls run at Precision.HIGHEST (no TF32/bf16 passes on GPU/TPU): this is the reference, accuracy first.
 - Gradients: the softmax core has a custom JVP, w * (dx - sum(w * dx)) with w zeroed where masked and on
   fully-masked rows, so masked positions get exactly 0 and fully-masked rows a finite 0 gradient under
   every policy (no NaN from differentiating through a where over -inf). attention_vjp is jax.vjp of this
@@ -37,6 +38,7 @@ from jax import lax
 from .. import _arrays as arrays
 from .. import _backends, _dtypes
 from .. import _validate as check
+from . import _jax_fused as fused
 from ._jax_ops import JAX as OPS  # the array operations refmask's shared code runs on, for this backend
 
 # ----------------------------------------------------------------------------------------------
@@ -807,6 +809,13 @@ def attention(
         OPS, {"q": q, "k": k, "v": v}, mask, bias, scale, fully_masked, is_causal, return_weights,
         softcap=softcap, sinks=sinks, return_lse=return_lse,
     )
+    name = fused.implementation(c.q, c.k, c.v, weights=c.return_weights, lse=c.return_lse, softcap=c.softcap,
+                                sinks=c.sinks)
+    if name is not None:
+        out = fused.attention(c.q, c.k, c.v, c.mask, c.bias, c.scale, _fill(c.fully_masked, c.shape[-1], c.q.dtype),
+                              is_causal=c.is_causal, name=name, exact=_attention_impl)
+        if out is not None:
+            return out
     return _attention_jit(
         c.q,
         c.k,

@@ -1,0 +1,147 @@
+"""The JAX backend's attention on jax.nn.dot_product_attention's fused kernel, refmask's promises kept.
+
+The backend's attention is an exact composite (scores, masked softmax, values, in the compute dtype). On
+an NVIDIA GPU, jax.nn.dot_product_attention(implementation="cudnn") is one fused kernel; attention runs on
+it when refmask's promises can be kept there, with the fix-ups in the same compiled program:
+
+- The fully-masked rows (found from the mask at its own shape, causality included) get the policy's
+  output, fill * sum_j v[j] with fill the policy's weight (0, 1/S or NaN): one program serves all three
+  policies. Their weights being constants, those rows pass gradients to v only (fill * d_out), as
+  through the exact path.
+- A kernel that masks by adding a large negative number to the scores lets a NaN or inf in q, k, v or in
+  a kept bias entry reach rows that do not see it. Inputs that are not all finite (one sum per input, on
+  the device) take the exact path, by lax.cond.
+- Weights, the lse, softcap and sinks are not what the kernel returns or computes: those calls take the
+  exact path, as do inputs the kernel refuses (a dtype, a head dim: jax says so when it traces the call).
+
+On the CPU jax.nn.dot_product_attention is XLA's composite, which the exact path already matches in speed
+(`refmask bench`, case 2), so no platform but the GPU routes by default; the tests route every case on
+the CPU through implementation="xla".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._jax_ops import JAX as OPS
+
+Kernel = Literal["xla", "cudnn"]  # dot_product_attention's implementation=
+
+# The platform -> the implementation attention routes to there; a platform not named takes the exact path.
+IMPLEMENTATIONS: dict[str, Kernel] = {"gpu": "cudnn"}
+# cuDNN's fused attention takes half precision only.
+_DTYPES = {"cudnn": frozenset({jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)})}
+# (implementation, shapes, dtypes, is_causal) the kernel refused when traced: not traced again.
+_refused: set[tuple[Any, ...]] = set()
+
+Exact = Callable[..., Any]
+
+
+def implementation(q: Any, k: Any, v: Any, *, weights: bool, lse: bool, softcap: Any, sinks: Any) -> Kernel | None:
+    """The implementation attention runs on for these inputs, or None for the exact path."""
+    if weights or lse or softcap is not None or sinks is not None:
+        return None
+    if q.ndim != 4 or k.ndim != 4 or 0 in (*q.shape, *k.shape, *v.shape):
+        return None  # the kernel takes (B, T, N, H) only; empty axes are the exact path's
+    if v.shape[-1] != k.shape[-1]:
+        return None  # nor values of another head dim than the keys'
+    name = IMPLEMENTATIONS.get(_platform(q))
+    if name is None or (name in _DTYPES and q.dtype not in _DTYPES[name]):
+        return None
+    return name
+
+
+def _platform(x: Any) -> str:
+    """The platform x lives on: its device's, or under a trace the default backend's."""
+    if OPS.concrete(x) and isinstance(x, jax.Array):
+        return next(iter(x.devices())).platform
+    return jax.default_backend()
+
+
+def attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    bias: jax.Array | None,
+    scale: float,
+    fill: jax.Array,
+    *,
+    is_causal: bool,
+    name: Kernel,
+    exact: Exact,
+) -> jax.Array | None:
+    """attention's output on jax.nn.dot_product_attention(implementation=name), or the exact path's where
+    the inputs are not all finite; None where the kernel refuses these inputs (the caller goes exact)."""
+    key = (name, q.shape, k.shape, v.shape, q.dtype, None if mask is None else mask.shape,
+           None if bias is None else (bias.shape, bias.dtype), is_causal)
+    if key in _refused:
+        return None
+    try:
+        return _fused_jit(q, k, v, mask, bias, fill, scale=scale, is_causal=is_causal, name=name, exact=exact)
+    except (ValueError, NotImplementedError, TypeError, RuntimeError):  # the kernel refuses, when traced
+        _refused.add(key)
+        return None
+
+
+def _four_d(x: jax.Array) -> jax.Array:
+    """x with leading axes of size 1 up to 4 dimensions: dot_product_attention's masks and biases are 4-D."""
+    return x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+
+def _btnh(x: jax.Array) -> jax.Array:
+    """(B, N, T, H) <-> (B, T, N, H): refmask's layout and dot_product_attention's."""
+    return x.swapaxes(-2, -3)
+
+
+def _fused(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: jax.Array | None,
+    bias: jax.Array | None,
+    fill: jax.Array,
+    *,
+    scale: float,
+    is_causal: bool,
+    name: Kernel,
+    exact: Exact,
+) -> jax.Array:
+    keep = mask
+    if is_causal and keep is not None:
+        t, s = q.shape[-2], k.shape[-2]
+        keep = keep & (lax.broadcasted_iota(jnp.int32, (t, s), 1) <= lax.broadcasted_iota(jnp.int32, (t, s), 0))
+    kept_bias = None if bias is None else bias if keep is None else jnp.where(keep, bias, 0)
+    checked = [q, k, v] + ([] if kept_bias is None else [kept_bias])
+    finite = jnp.isfinite(jnp.stack([x.sum(dtype=jnp.float32) for x in checked])).all()
+
+    def on_the_kernel(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None, fill: jax.Array) -> jax.Array:
+        out = _btnh(jax.nn.dot_product_attention(
+            _btnh(q), _btnh(k), _btnh(v), bias=None if bias is None else _four_d(bias).astype(q.dtype),
+            mask=None if mask is None else _four_d(mask), scale=scale, is_causal=is_causal, implementation=name,
+        ))
+        if keep is None:
+            return out  # no mask: every row keeps a key (top-left causality keeps key 0)
+        compute = fill.dtype
+        total = v.astype(compute).sum(axis=-2, keepdims=True)  # a row whose weights are all `fill`
+        total = jnp.repeat(total, q.shape[-3] // k.shape[-3], axis=-3)  # grouped-query heads
+        any_kept = _four_d(keep.any(axis=-1, keepdims=True))
+        # The fill on the fully-masked rows only, 0 elsewhere: a NaN fill must not reach the other rows'
+        # gradients through the unselected side of the where.
+        fixed = jnp.where(any_kept, 0, fill) * total
+        return jnp.where(any_kept, out, fixed.astype(q.dtype))
+
+    def on_the_exact_path(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
+                          fill: jax.Array) -> jax.Array:
+        return exact(q, k, v, mask, bias, jnp.asarray(scale, fill.dtype), fill, is_causal=is_causal,
+                     return_weights=False)
+
+    return lax.cond(finite, on_the_kernel, on_the_exact_path, q, k, v, bias, fill)
+
+
+_fused_jit = jax.jit(_fused, static_argnames=("scale", "is_causal", "name", "exact"))
