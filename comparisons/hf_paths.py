@@ -372,19 +372,16 @@ def masks_flex(case) -> Native:
 
 _GRAD = frozenset({"grad"})
 
-# Path.no_grads of the model-specific eager paths: hf.eager's gradient cell covers eager_attention_forward.
-EAGER_GRADS = "not taken: hf.eager holds eager_attention_forward's gradients"
-
 PATHS = [
     Path("hf.eager", "transformers", "eager_attention_forward(additive mask)", eager_additive,
          "float mask added to the scores: 0 kept, finfo(dtype).min masked (eager_mask's fill), plus any score bias; "
          "weights and output", features=_GRAD | {"bias"}),
     Path("hf.eager-gemma2", "transformers", "Gemma 2 eager_attention_forward(softcap)", gemma2_eager_additive,
          "as hf.eager, scores soft-capped by attn_logit_softcapping before the mask is added",
-         features=frozenset({"softcap", "bias"}), no_grads=EAGER_GRADS),
+         features=frozenset({"softcap", "bias", "grad"})),
     Path("hf.eager-gpt_oss", "transformers", "GPT-OSS eager_attention_forward(sinks)", gpt_oss_eager_additive,
          "as hf.eager, module.sinks appended to each row (-inf without sinks); softmax in the logits' dtype",
-         features=frozenset({"sinks", "bias"}), no_grads=EAGER_GRADS),
+         features=frozenset({"sinks", "bias", "grad"})),
     Path("hf.sdpa", "transformers", "ALL_ATTENTION_FUNCTIONS['sdpa'](bool mask)", sdpa_bool,
          "bool mask (B, 1, T, S), True = attend (sdpa_mask's convention)", features=_GRAD),
     Path("hf.flex_attention", "transformers", "ALL_ATTENTION_FUNCTIONS['flex_attention'](additive mask)",

@@ -243,11 +243,13 @@ def test_gpt_oss_subtracts_the_max_in_half_precision():
 
 
 def test_each_path_declares_what_its_interface_supports():
-    """Gradients through eager and sdpa, softcap in Gemma 2's eager and in flex, sinks in GPT-OSS's eager,
-    a score bias wherever the mask is a float added to the scores (eager) or flex's position_bias."""
+    """Gradients through every eager interface and sdpa (flex has no CPU backward), softcap in Gemma 2's
+    eager and in flex, sinks in GPT-OSS's eager, a score bias wherever the mask is a float added to the
+    scores (eager) or flex's position_bias."""
     features = {p.id: p.features for p in hf_paths.PATHS}
     assert features["hf.sdpa"] == features["hf.masks-sdpa"] == {"grad"}
     assert features["hf.eager"] == {"grad", "bias"}
-    assert features["hf.eager-gemma2"] == features["hf.flex_attention"] == {"softcap", "bias"}
-    assert features["hf.eager-gpt_oss"] == {"sinks", "bias"}
+    assert features["hf.eager-gemma2"] == {"softcap", "bias", "grad"}
+    assert features["hf.flex_attention"] == {"softcap", "bias"}
+    assert features["hf.eager-gpt_oss"] == {"sinks", "bias", "grad"}
     assert {p.framework for p in hf_paths.PATHS} == {"transformers"}

@@ -262,3 +262,42 @@ def test_entry_tolerances_are_the_assertions():
     np.testing.assert_array_equal(draw.output_beyond(off, out), expected)
     with pytest.raises(AssertionError):
         assert_attention_close(off, out)
+
+
+@needs_torch
+def test_draw_of_a_gradients_cell_marks_where_the_gradients_are_nan(capsys):
+    """torch.softmax-additive-inf on the gradients case (query lengths 3, 1, 6, 4 of 6): softmax over an
+    all -inf row is NaN, and so is dq on exactly those rows; dk and dv are drawn key by key."""
+    argv = ["compare", "--framework", "torch", "--path", "softmax-additive-inf", "--case", "gradients",
+            "--draw", "--progress", "never"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    fully_masked = sum(6 - n for n in (3, 1, 6, 4)) * 2 * 4  # rows with no key x heads x dims
+    assert f"{fully_masked} of 192 entries of the dq (query i x dim d) beyond tolerance" in " ".join(out.split())
+    dq = out[out.index("entries of the dq"):out.index("entries of the dk")]
+    grid = dq[dq.index("batch 0, head 0"):].splitlines()[3:9]
+    assert [line.endswith("(no key)") for line in grid] == [False] * 3 + [True] * 3
+    assert all(line.split()[-6:-2] == ["x"] * 4 for line in grid[3:])
+    dk = out[out.index("entries of the dk"):]
+    assert "entries of the dk (key j x dim d)" in " ".join(out.split()) and "\nkey   0  " in dk
+
+
+def test_gradient_entry_tolerance_is_the_assertion():
+    """draw's gradient map rejects exactly what assert_gradients_close rejects, relative to the terms."""
+    from refmask.testing import assert_gradients_close, attention_gradient_terms
+
+    rng = np.random.default_rng(1)
+    keep = np.broadcast_to(oracle.causal_mask(4), (1, 2, 4, 4))
+    q, k, v, d_out = (rng.standard_normal((1, 2, 4, 3)).astype(np.float32) for _ in range(4))
+    dq = oracle.attention_vjp(q, k, v, keep, d_out).dq
+    terms = attention_gradient_terms(q, k, v, keep, d_out).dq
+    assert not draw.gradient_beyond(dq, dq, terms).any()
+    bad = dq.copy()
+    bad[0, 1, 2, 1] += 1e-3 * float(terms[0, 1, 2, 1])
+    bad[0, 0, 3, 0] = np.nan
+    expected = np.zeros(bad.shape, bool)
+    expected[0, 1, 2, 1] = expected[0, 0, 3, 0] = True
+    np.testing.assert_array_equal(draw.gradient_beyond(bad, dq, terms), expected)
+    with pytest.raises(AssertionError):
+        assert_gradients_close(bad, dq, terms=terms)
+    assert_gradients_close(dq, dq, terms=terms)

@@ -1,10 +1,12 @@
 """Where one cell's native result differs from the oracle, entry by entry: `refmask compare --draw`.
 
-Each entry of the path's weights (query i x key j) and output (query i x dim d) is held to the same
-tolerance the matrix uses (refmask.testing's assert_weights_close / assert_attention_close with
-their default per-dtype bounds: the same NaNs, the same exact zeros for weights, values within the
-ULP bound), under the fully_masked policy (and, for T != S causal cases, the alignment) that leaves
-the fewest entries beyond it. One grid is drawn per (batch, head) that has such an entry.
+Each entry of the path's weights (query i x key j), output (query i x dim d) and, on a gradients case,
+dq (query i x dim d), dk and dv (key j x dim d) is held to the same tolerance the matrix uses
+(refmask.testing's assert_weights_close / assert_attention_close / assert_gradients_close with their
+default per-dtype bounds: the same NaNs, the same exact zeros for weights, values within the ULP bound,
+a gradient relative to the magnitude of its terms), under the fully_masked policy (and, for T != S
+causal cases, the alignment) that leaves the fewest entries beyond it. One grid is drawn per (batch,
+head) that has such an entry.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import numpy as np
 from refmask import _show
 from refmask.testing import tolerances as tol
 from refmask.testing import ulp_distance
+from refmask.testing._assert import gradient_bounds
 
 from .._base import Native, NotExpressible, Path
 from ..cases import Case
 from .cell import POLICIES
-from .reference import attention
+from .reference import GRAD_NAMES, attention, gradients
 
 # Categories of an entry: masked within tolerance, kept within, kept beyond, masked beyond.
 MASKED, AGREES, DIFFERS, MASKED_DIFFERS = 0, 1, 2, 3
@@ -64,6 +67,22 @@ def output_beyond(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return (np.isnan(a64) != np.isnan(e64)) | beyond
 
 
+def gradient_beyond(got: np.ndarray, want: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Entries of a gradient assert_gradients_close(got, want, terms=terms) rejects: a NaN in one only, or
+    |got - want| beyond GRADIENT_MAX_ULP * eps * terms (plus the allowance; exactly where terms are 0)."""
+    a, e = got, want.astype(got.dtype)
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    _, allowed, _ = gradient_bounds(a, e64, terms, None, None, None)
+    with np.errstate(invalid="ignore"):
+        excess = np.where(np.isnan(e64), -np.inf, np.nan_to_num(np.abs(a64 - e64), nan=np.inf) - allowed)
+    return (np.isnan(a64) != np.isnan(e64)) | (excess > 0)
+
+
+# What a drawn array's rows and columns are.
+_AXES = {"weights": (("query", "i"), "key j"), "output": (("query", "i"), "dim d"),
+         "dq": (("query", "i"), "dim d"), "dk": (("key", "j"), "dim d"), "dv": (("key", "j"), "dim d")}
+
+
 def _closest(native: Native, case: Case, q, k, v) -> tuple[str, str, np.ndarray, dict[str, tuple]]:
     """The (alignment label, policy) leaving the fewest entries beyond tolerance, its mask, and for each
     returned array (name -> (native, oracle, beyond))."""
@@ -77,6 +96,10 @@ def _closest(native: Native, case: Case, q, k, v) -> tuple[str, str, np.ndarray,
                 found["weights"] = (native.weights, weights, weights_beyond(native.weights, weights, keep))
             if native.output is not None:
                 found["output"] = (native.output, out, output_beyond(native.output, out))
+            if case.d_out is not None and native.grads is not None:
+                grads, terms = gradients(case, q, k, v, mask, policy)
+                for name, got, want, t in zip(GRAD_NAMES, native.grads, grads, terms, strict=True):
+                    found[name] = (got, want, gradient_beyond(got, want, t))
             # The fewest entries beyond tolerance, then the smallest error (as the matrix's note reports it).
             count = sum(int(x[2].sum()) for x in found.values())
             score = (count, max((_error(a, e) for a, e, _ in found.values()), default=0.0))
@@ -120,13 +143,15 @@ def draw_cell(path: Path, case: Case, *, width: int | None = None, ascii: bool =
     lines: list[str] = []
     for name, (got, want, beyond) in found.items():
         n, total = int(beyond.sum()), beyond.size
-        what = "query i x key j" if name == "weights" else "query i x dim d"
+        rows_are, cols_are = _AXES[name]
+        what = f"{' '.join(rows_are)} x {cols_are}"
         lines += _show.wrap(f"{head}: {n} of {total} entries of the {name} ({what}) beyond tolerance, against the "
                             f"oracle under {closest}", width)
         if n == 0:
             lines.append("")
             continue
-        empty_rows = np.asarray(~keep.any(axis=-1))
+        # Queries that see no key are marked "(no key)"; the rows of dk and dv are keys, left unmarked.
+        empty_rows = np.asarray(~keep.any(axis=-1)) if rows_are[0] == "query" else np.zeros(beyond.shape[:3], bool)
         panels, clean = [], []
         for b, h in np.ndindex(beyond.shape[:2]):
             bad = beyond[b, h]
@@ -142,8 +167,10 @@ def draw_cell(path: Path, case: Case, *, width: int | None = None, ascii: bool =
                      f"max |native - oracle| {_max_abs(got[b, h], want[b, h])})")
             panels.append((title, cats.astype(np.int8), [empty_rows[b, h]]))
         lines.append("")
-        cols, units = ("key j", ("queries", "keys")) if name == "weights" else ("dim d", ("queries", "dims"))
-        lines += _show.draw_panels(panels, palette(ascii), width=width, cols=cols, units=units, ascii=ascii)
+        cols = cols_are
+        units = ("queries" if rows_are[0] == "query" else "keys", "keys" if cols_are == "key j" else "dims")
+        lines += _show.draw_panels(panels, palette(ascii), width=width, rows=rows_are, cols=cols,
+                                   units=units, ascii=ascii)
         if clean:
             lines += _show.wrap("within tolerance in every entry: (batch, head) " + ", ".join(clean), width, "  ")
         lines.append("")
