@@ -32,6 +32,8 @@ class Spec:
     bidirectional; one length for the batch), refmask.prefix_lm_mask.
     dilation: with a window, a dilated window: only keys whose distance i - j is a multiple of dilation
     (Longformer's dilated sliding window; refmask has no constructor for it, the case states it).
+    chunk: chunked attention, keys in the query's chunk of `chunk` positions (counted from position 0)
+    only, refmask.chunked_mask; with causal, Llama 4's chunked causal attention.
     """
 
     causal: str | None = None
@@ -43,10 +45,12 @@ class Spec:
     offset: tuple[int, ...] | None = None
     prefix: int | None = None
     dilation: int | None = None
+    chunk: int | None = None
 
     def parts(self) -> set[str]:
         """Names of the structural parts present: {"causal", "window", "kv_lengths", ...}."""
-        names = ("causal", "window", "kv_lengths", "q_lengths", "segments", "offset", "prefix", "dilation")
+        names = ("causal", "window", "kv_lengths", "q_lengths", "segments", "offset", "prefix", "dilation",
+                 "chunk")
         return {n for n in names if getattr(self, n) is not None}
 
 
@@ -98,6 +102,8 @@ def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None
         parts.append(oracle.causal_mask(t, s, align=align or spec.causal))
     if spec.window is not None:
         parts.append(oracle.sliding_window_mask(t, s, window=spec.window))
+    if spec.chunk is not None:
+        parts.append(oracle.chunked_mask(t, s, chunk_size=spec.chunk))
     if spec.dilation is not None:
         distance = np.arange(t)[:, None] - np.arange(s)[None, :]
         parts.append(distance % spec.dilation == 0)
@@ -239,6 +245,9 @@ def all_cases() -> list[Case]:
         _case("dilated-window", "dilated window", Spec(window=(4, 4), dilation=2), seed=20,
               notes="dilated sliding window: query i sees keys j with |i - j| <= 4 and i - j even (attention-gym "
                     "generate_dilated_sliding_window(4, 2))"),
+        _case("chunked-causal", "chunked causal", Spec(causal="top_left", chunk=4), seed=22,
+              notes="causal within chunks of 4 positions: query i sees keys j <= i with j // 4 == i // 4 (Llama 4's "
+                    "attention_chunk_size=4; refmask.chunked_mask(chunk_size=4) and causal_mask)"),
         _case("alibi", "ALiBi, 3 heads", Spec(causal="top_left"), h=3, alibi=True, seed=21,
               notes="causal with the ALiBi bias refmask.alibi_bias(3, 6): slopes 2^-4, 2^-8, 2^-2, the paper's "
                     "rule for a head count that is not a power of two; paths add it to the scores (a float "

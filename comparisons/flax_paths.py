@@ -50,6 +50,9 @@ def flax_mask(case) -> jax.Array | None:
     if spec.dilation is not None:
         q_pos = jnp.broadcast_to(jnp.arange(t), (b, t))
         masks.append(fnn.make_attention_mask(q_pos, k_pos, lambda i, j: (i - j) % spec.dilation == 0))
+    if spec.chunk is not None:
+        q_pos = jnp.broadcast_to(jnp.arange(t), (b, t))
+        masks.append(fnn.make_attention_mask(q_pos // spec.chunk, k_pos // spec.chunk, jnp.equal))
     if spec.kv_lengths is not None:
         kv_valid = _valid(spec.kv_lengths, s, spec.side)
         q_valid = jnp.ones((b, t), bool) if spec.q_lengths is None else _valid(spec.q_lengths, t, spec.side)

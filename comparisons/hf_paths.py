@@ -56,6 +56,7 @@ from transformers.masking_utils import (
     create_bidirectional_mask,
     create_bidirectional_sliding_window_mask,
     create_causal_mask,
+    create_chunked_causal_mask,
     create_sliding_window_causal_mask,
     packed_sequence_mask_function,
 )
@@ -274,6 +275,9 @@ def _refuse_what_masks_cannot_state(case) -> None:
         raise NotExpressible("masking_utils has no dilated window (its windows keep every key in range)")
     if spec.prefix is not None and (spec.window is not None or spec.segments is not None or t != s):
         raise NotExpressible("a prefix is stated here as one bidirectional block of a causal mask, without a cache")
+    if spec.chunk is not None and (spec.causal is None or spec.window is not None or spec.segments is not None
+                                   or t != s):
+        raise NotExpressible("create_chunked_causal_mask states causal chunks, without a window, packing or a cache")
 
 
 def _padding(case) -> torch.Tensor | None:
@@ -295,7 +299,8 @@ def model_mask(case, implementation: str) -> tuple[Any, torch.Tensor, torch.Tens
     causal (an encoder): create_bidirectional_mask, or create_bidirectional_sliding_window_mask for a
     symmetric window, with segments through and_mask_function=packed_sequence_mask_function. A prefix LM:
     create_causal_mask with block_sequence_ids marking the prefix as one block (the overlay multimodal
-    models use for bidirectional image tokens).
+    models use for bidirectional image tokens). Chunked causal: create_chunked_causal_mask with
+    config.attention_chunk_size (Llama 4's), chunks counted from each example's first real token.
     inputs_embeds is in case.fill_dtype (else the case's dtype): the eager mask's fill comes from it.
     """
     _refuse_what_masks_cannot_state(case)
@@ -317,6 +322,10 @@ def model_mask(case, implementation: str) -> tuple[Any, torch.Tensor, torch.Tens
         position_ids = torch.from_numpy(oracle.positions_in_segments(np.array(spec.segments)))
     else:
         position_ids = (torch.arange(t) + past)[None]
+    if spec.chunk is not None:
+        config.attention_chunk_size = spec.chunk  # Llama 4's config attribute, which the function reads
+        return create_chunked_causal_mask(config=config, inputs_embeds=embeds, attention_mask=attention_mask,
+                                          cache=None, position_ids=position_ids), k, v
     if spec.prefix is not None:
         # The prefix is a block (id 0) that attends to itself both ways: blockwise_overlay or-ed with causal.
         blocks = torch.where(torch.arange(t) < spec.prefix, 0, -1).expand(b, t)

@@ -12,7 +12,8 @@ mask, True = may attend, broadcastable to (B, H, T, S)):
   (H, T, S). Indexing materialises a NumPy bool array, True = attend (refmask's convention), which is
   what make_masked_mha_reference does (mask[:, :, :]). CausalMask(shape, offset) keeps q + offset >= kv
   (offset 0: top-left); LocalMask(shape, window_size=(l, r), offset) keeps q + offset - l <= kv <=
-  q + offset + r, a None side unbounded (refmask.conventions.splash_local_mask); & and | combine masks.
+  q + offset + r, a None side unbounded (refmask.conventions.splash_local_mask); ChunkedCausalMask(shape,
+  chunk_size) keeps q >= kv within chunks of chunk_size (Llama 4's); & and | combine masks.
   A mask is static (the kernel is built for it), so an example whose mask differs (its own cache
   offset) gets its own Mask object, as it would get its own kernel.
 - SegmentIds(q=(T,), kv=(S,)): the dynamic part, and-ed with the static mask: keep only where
@@ -65,11 +66,17 @@ def mask_objects(case) -> list[splash_mask.Mask]:
 
 
 def _static_mask(case, offset: int) -> splash_mask.Mask:
-    """The static (T, S) part of one example's mask from the structure: CausalMask & LocalMask."""
+    """The static (T, S) part of one example's mask from the structure: CausalMask (or ChunkedCausalMask)
+    & LocalMask."""
     spec = case.spec
     _, _, t, s = case.shape
     mask: splash_mask.Mask = splash_mask.FullMask((t, s))
-    if spec.causal is not None:
+    if spec.chunk is not None:
+        # ChunkedCausalMask is causal and chunked at once, top-left, with no offset of its own.
+        if spec.causal is None or offset or (spec.causal == "bottom_right" and t != s):
+            raise NotExpressible("ChunkedCausalMask states top-left causal chunks only")
+        mask = mask & splash_mask.ChunkedCausalMask((t, s), chunk_size=spec.chunk)
+    elif spec.causal is not None:
         # CausalMask's own alignment is top-left (offset 0); a bottom-right case shifts it by S - T.
         shift = s - t if spec.causal == "bottom_right" else 0
         mask = mask & splash_mask.CausalMask((t, s), offset=offset + shift)
@@ -84,9 +91,10 @@ def _static_mask(case, offset: int) -> splash_mask.Mask:
 def structure_masks(case) -> list[splash_mask.Mask]:
     """One (H, T, S) MultiHeadMask per example from the structure: the examples share one Mask
     object unless their cache offsets differ."""
-    check_expressible(case, parts={"causal", "window", "offset", "kv_lengths", "q_lengths", "segments"},
+    check_expressible(case, parts={"causal", "window", "offset", "kv_lengths", "q_lengths", "segments", "chunk"},
                       causal=("top_left", "bottom_right", "either"),
-                      why="splash's masks and SegmentIds state causal, windows, offsets, padding and segments only")
+                      why="splash's masks and SegmentIds state causal, chunks, windows, offsets, padding and segments "
+                          "only")
     b, h, _, _ = case.shape
     offsets = case.spec.offset or (0,) * b
     by_offset = {o: splash_mask.MultiHeadMask([_static_mask(case, o)] * h) for o in set(offsets)}
@@ -190,7 +198,8 @@ PATHS = [
          features=_FEATURES),
     Path("splash.reference-structure", "splash", "splash attention_reference(CausalMask, LocalMask, SegmentIds)",
          splash_structure_reference,
-         "CausalMask(offset) & LocalMask(window_size) static, padding and segments as SegmentIds",
+         "CausalMask(offset) or ChunkedCausalMask & LocalMask(window_size) static, padding and segments as "
+         "SegmentIds",
          features=_FEATURES),
     Path("splash.reference-custom-vjp", "splash", "splash attention_reference_custom (flash backward)",
          splash_structure_custom_vjp, "as reference-structure; gradients through the kernel's backward rule",

@@ -290,8 +290,8 @@ def flex_mask_mod(case, device: torch.device | str = "cpu"):
 
     Causal compares raw indices, shifted by S - T for bottom-right alignment or by a per-example
     offset[b] (a query of example b sits at position offset[b] + q_idx in a KV cache), or-ed with
-    kv_idx < prefix for a prefix LM; a dilated window also asks (q_idx - kv_idx) % dilation == 0;
-    packed documents are a document mask: same segment id.
+    kv_idx < prefix for a prefix LM; a dilated window also asks (q_idx - kv_idx) % dilation == 0, a
+    chunked mask q_idx // chunk == kv_idx // chunk; packed documents are a document mask: same segment id.
     """
     spec = case.spec
     _, _, t, s = case.shape
@@ -314,6 +314,8 @@ def flex_mask_mod(case, device: torch.device | str = "cpu"):
             keep = keep & (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
         if spec.dilation is not None:
             keep = keep & ((q_idx - kv_idx) % spec.dilation == 0)
+        if spec.chunk is not None:
+            keep = keep & (q_idx // spec.chunk == kv_idx // spec.chunk)
         if kv_len is not None:
             kv_ok = kv_idx < kv_len[b] if spec.side == "right" else kv_idx >= s - kv_len[b]
             keep = keep & kv_ok

@@ -34,6 +34,7 @@ SHORT = {
     "gradients": "grads",
     "prefix-lm": "prefix LM",
     "dilated-window": "dilated",
+    "chunked-causal": "chunked",
     "alibi": "ALiBi",
 }
 
