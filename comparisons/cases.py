@@ -94,10 +94,12 @@ class Case:
 
 def _mask_from_spec(spec: Spec, b: int, t: int, s: int, align: str | None = None) -> np.ndarray:
     parts: list[np.ndarray] = [np.ones((1, 1, t, s), bool)]
-    if spec.offset is not None:
+    if spec.prefix is not None:  # causal with the prefix or-ed in, at the cache offsets if any
+        offset = 0 if spec.offset is None else np.array(spec.offset)
+        parts.append(oracle.prefix_lm_mask(np.full(b, spec.prefix), t, s, align=align or spec.causal or "top_left",
+                                           offset=offset))
+    elif spec.offset is not None:
         parts.append(oracle.causal_mask(t, s, offset=np.array(spec.offset)))
-    elif spec.prefix is not None:
-        parts.append(oracle.prefix_lm_mask(np.full(b, spec.prefix), t, s, align=align or spec.causal or "top_left"))
     elif spec.causal is not None:
         parts.append(oracle.causal_mask(t, s, align=align or spec.causal))
     if spec.window is not None:

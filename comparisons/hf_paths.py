@@ -276,7 +276,7 @@ def _refuse_what_masks_cannot_state(case) -> None:
     if spec.prefix is not None and (spec.window is not None or spec.segments is not None or t != s):
         raise NotExpressible("a prefix is stated here as one bidirectional block of a causal mask, without a cache")
     if spec.chunk is not None and (spec.causal is None or spec.window is not None or spec.segments is not None
-                                   or t != s):
+                                   or spec.prefix is not None or t != s):
         raise NotExpressible("create_chunked_causal_mask states causal chunks, without a window, packing or a cache")
 
 

@@ -304,10 +304,8 @@ def flex_mask_mod(case, device: torch.device | str = "cpu"):
 
     def mask_mod(b, h, q_idx, kv_idx):
         keep = q_idx >= 0  # all True, as a tensor
-        if offset is not None:
-            keep = keep & (kv_idx <= q_idx + offset[b])
-        elif spec.causal is not None:
-            causal = kv_idx <= q_idx + shift
+        if offset is not None or spec.causal is not None:
+            causal = kv_idx <= q_idx + (shift if offset is None else offset[b])
             keep = keep & (causal if spec.prefix is None else causal | (kv_idx < spec.prefix))
         if spec.window is not None:
             left, right = spec.window

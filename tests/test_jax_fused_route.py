@@ -2,8 +2,12 @@
 
 On a GPU the route runs cuDNN's kernel; here, on the CPU, every catalogue case is sent through the same
 route with implementation="xla", so what the route adds (the fully-masked rows' fix-up, the fall-back on
-non-finite inputs, the gradients through both) is held against the oracle. The exact route is covered
-by test_cross_backend.py.
+non-finite inputs, the gradients through both) is held against the oracle. The kernel is called as
+cuDNN is: jax folds the bool mask into the bias as a large negative fill, so what an additive mask lets
+through (a bias at a masked entry, a kept entry below the fill) reaches the result here too. float16
+is not routed on the CPU (XLA:CPU has no float16 dot accumulating in float32, so the kernel's compile is
+refused and the exact path runs); bfloat16 and float32 are. The exact route is covered by
+test_cross_backend.py.
 """
 
 from __future__ import annotations
@@ -30,11 +34,28 @@ from refmask.testing.cases import ATTENTION_CASES
 CASES = {c.id: c for c in ATTENTION_CASES}
 
 
+# cuDNN's fill for a masked entry, as jax's combine_bias_and_mask adds it (float16's; bfloat16's is -2^40).
+_CUDNN_FILL = -32768.0
+
+
+def _as_cudnn_masks(dpa):
+    """dot_product_attention with the bool mask folded into the bias, as jax's cuDNN path does."""
+
+    def call(q, k, v, bias=None, mask=None, **kwargs):
+        if mask is not None:
+            fill = jnp.where(mask, 0.0, _CUDNN_FILL).astype(q.dtype)
+            bias = fill if bias is None else bias + fill
+        return dpa(q, k, v, bias=bias, mask=None, **kwargs)
+
+    return call
+
+
 @pytest.fixture
 def kernel_calls(monkeypatch) -> list[str]:
-    """The route on the CPU (implementation="xla"), a fresh compile, and the dot_product_attention calls traced."""
+    """The route on the CPU (implementation="xla", masks folded in as cuDNN does), fresh compiles, and the
+    dot_product_attention calls traced."""
     calls: list[str] = []
-    dpa = jax.nn.dot_product_attention
+    dpa = _as_cudnn_masks(jax.nn.dot_product_attention)
 
     def counted(*args, **kwargs):
         calls.append(kwargs["implementation"])
@@ -44,7 +65,13 @@ def kernel_calls(monkeypatch) -> list[str]:
     monkeypatch.setattr(jax.nn, "dot_product_attention", counted)
     fused._fused_jit.clear_cache()  # type: ignore[attr-defined]  # jax.jit's wrapper has it; its stub does not
     fused._refused.clear()
+    fused._compiled.clear()
     return calls
+
+
+def _ran(calls: list[str]) -> bool:
+    """The kernel was traced and its program compiled (nothing refused): the route ran."""
+    return bool(calls) and not fused._refused
 
 
 def _served(case) -> bool:
@@ -69,7 +96,7 @@ def _attention(a, mask, **kwargs):
 
 # The case last in the test id: the suite's scheduler gives each catalogue case one worker.
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])  # what cuDNN takes
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_case_through_the_route_matches_the_oracle(kernel_calls, case, dtype):
     a, mask = _arrays(case, dtype), case.mask()
     bias = (0.5 * np.random.default_rng(5).standard_normal((case.q_len, case.kv_len))).astype(a["q"].dtype)
@@ -81,7 +108,7 @@ def test_every_case_through_the_route_matches_the_oracle(kernel_calls, case, dty
             out = _attention(a, mask, bias=None if b is None else jnp.asarray(b), scale=scale, fully_masked=policy)
             want = oracle.attention(a["q"], a["k"], a["v"], mask, bias=b, scale=scale, fully_masked=policy)
             assert_attention_close(np.asarray(out), want, scale=v_scale)
-    assert bool(kernel_calls) == _served(case)
+    assert _ran(kernel_calls) == _served(case)
 
 
 def test_is_causal_with_a_mask_through_the_route(kernel_calls):
@@ -92,7 +119,7 @@ def test_is_causal_with_a_mask_through_the_route(kernel_calls):
         causal = oracle.causal_mask(case.q_len, case.kv_len)
         want = oracle.attention(a["q"], a["k"], a["v"], oracle.and_masks(mask, causal), fully_masked=policy)
         assert_attention_close(np.asarray(out), want)
-    assert kernel_calls == ["xla"]
+    assert _ran(kernel_calls)
 
 
 @pytest.mark.parametrize("policy", ["zero", "uniform", "nan"])
@@ -109,7 +136,7 @@ def test_gradients_through_the_route_match_attention_vjp(kernel_calls, case_id, 
 
     _, pullback = jax.vjp(out, *(jnp.asarray(a[n]) for n in ("q", "k", "v")))
     grads = pullback(jnp.asarray(d_out))
-    assert kernel_calls, "the route was not taken"
+    assert _ran(kernel_calls), "the route was not taken"
     want = oracle.attention_vjp(a["q"], a["k"], a["v"], mask, d_out, fully_masked=policy)
     terms = attention_gradient_terms(a["q"], a["k"], a["v"], mask, d_out, fully_masked=policy)
     for name, g, e, term in zip(("dq", "dk", "dv"), grads, want, terms, strict=False):
@@ -117,8 +144,8 @@ def test_gradients_through_the_route_match_attention_vjp(kernel_calls, case_id, 
 
 
 @pytest.mark.parametrize("where", ["k at a masked key", "q at a fully-masked row", "bias at a masked entry",
-                                   "-inf bias at a kept entry"])
-@pytest.mark.parametrize("value", [math.nan, math.inf])
+                                   "-inf bias at a kept entry", "a kept bias below the fill"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, 1e30])
 def test_non_finite_inputs_take_the_exact_path_and_never_leak(kernel_calls, where, value):
     """One program holds both paths: lax.cond picks the exact one, so what no row sees stays unseen (the
     NaNs of the result are the oracle's, no more)."""
@@ -131,13 +158,15 @@ def test_non_finite_inputs_take_the_exact_path_and_never_leak(kernel_calls, wher
         a["q"][0, :, 3] = value
     elif where.startswith("bias"):
         bias[0, 3] = value
-    else:
+    elif where.startswith("-inf"):
         bias[0, 0] = -math.inf
+    else:
+        bias[0, 1] = 4 * _CUDNN_FILL
     with np.errstate(invalid="ignore"):  # the oracle's float64 matmul meets the inf
         want = oracle.attention(a["q"], a["k"], a["v"], mask, bias=bias, fully_masked="uniform")
     out = _attention(a, mask, bias=jnp.asarray(bias), fully_masked="uniform")
     assert_attention_close(np.asarray(out), want, scale=float(np.abs(a["v"]).max()))
-    assert kernel_calls == ["xla"]
+    assert _ran(kernel_calls)
 
 
 def test_only_the_calls_the_kernel_can_serve_take_the_route(kernel_calls):
@@ -156,6 +185,16 @@ def test_only_the_calls_the_kernel_can_serve_take_the_route(kernel_calls):
     assert kernel_calls == []
 
 
+def test_a_bias_of_another_dtype_takes_the_exact_path():
+    """The kernel would round a float32 bias to bfloat16 q's dtype; the exact path adds it in float32."""
+    q = jnp.ones((1, 2, 3, 8), jnp.bfloat16)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(fused.IMPLEMENTATIONS, "cpu", "xla")
+        for bias, name in ((jnp.ones((3, 3), jnp.bfloat16), "xla"), (jnp.ones((3, 3), jnp.float32), None)):
+            assert fused.implementation(q, q, q, weights=False, lse=False, softcap=None, sinks=None,
+                                        bias=bias) == name
+
+
 def test_cudnn_takes_half_precision_only(monkeypatch):
     monkeypatch.setitem(fused.IMPLEMENTATIONS, "cpu", "cudnn")
     for dtype, name in ((jnp.float16, "cudnn"), (jnp.bfloat16, "cudnn"), (jnp.float32, None)):
@@ -163,14 +202,20 @@ def test_cudnn_takes_half_precision_only(monkeypatch):
         assert fused.implementation(q, q, q, weights=False, lse=False, softcap=None, sinks=None) == name
 
 
-def test_a_refusal_while_tracing_falls_back_and_is_remembered(monkeypatch, kernel_calls):
-    """cuDNN refuses on the CPU when traced: the call takes the exact path, and the next one does not retry."""
-    monkeypatch.setitem(fused.IMPLEMENTATIONS, "cpu", "cudnn")
+@pytest.mark.parametrize("kernel, refused_when", [("cudnn", "traced"), ("xla", "compiled")])
+def test_a_refusal_falls_back_under_a_callers_jit_too_and_is_remembered(monkeypatch, kernel_calls, kernel,
+                                                                        refused_when):
+    """cuDNN refuses on the CPU while jax traces the call, XLA:CPU while it compiles float16's: each new
+    shape is compiled ahead of time, so either refusal is caught, eagerly and inside a caller's jax.jit,
+    the exact path answers, and the shape is not tried again."""
+    monkeypatch.setitem(fused.IMPLEMENTATIONS, "cpu", kernel)
     case = CASES["padding-queries-and-keys"]
     a, mask = _arrays(case, "float16"), case.mask()
+    want = oracle.attention(a["q"], a["k"], a["v"], mask, fully_masked="uniform")
+    jitted = jax.jit(lambda q, k, v, m: refmask.attention(q, k, v, m, fully_masked="uniform", backend="jax"))
     for _ in range(2):
-        out = _attention(a, mask, fully_masked="uniform")
-        want = oracle.attention(a["q"], a["k"], a["v"], mask, fully_masked="uniform")
+        assert_attention_close(np.asarray(_attention(a, mask, fully_masked="uniform")), want)
+        out = jitted(*(jnp.asarray(a[n]) for n in ("q", "k", "v")), jnp.asarray(mask))
         assert_attention_close(np.asarray(out), want)
-    assert kernel_calls == ["cudnn"]
+    assert kernel_calls == [kernel]
     assert len(fused._refused) == 1

@@ -63,7 +63,8 @@ def output_beyond(got: np.ndarray, want: np.ndarray) -> np.ndarray:
                   tol.output_flush_allowance(a.dtype))
     skip = np.isnan(e64) | tol.subnormals_agree(a, e)
     with np.errstate(invalid="ignore"):
-        beyond = np.where(skip, False, np.nan_to_num(np.abs(a64 - e64), nan=np.inf) > allowed)
+        diff = np.where(a64 == e64, 0.0, np.nan_to_num(np.abs(a64 - e64), nan=np.inf))  # equal infinities agree
+        beyond = np.where(skip, False, diff > allowed)
     return (np.isnan(a64) != np.isnan(e64)) | beyond
 
 
@@ -74,7 +75,8 @@ def gradient_beyond(got: np.ndarray, want: np.ndarray, terms: np.ndarray) -> np.
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     _, allowed, _ = gradient_bounds(a, e64, terms, None, None, None)
     with np.errstate(invalid="ignore"):
-        excess = np.where(np.isnan(e64), -np.inf, np.nan_to_num(np.abs(a64 - e64), nan=np.inf) - allowed)
+        diff = np.where(a64 == e64, 0.0, np.nan_to_num(np.abs(a64 - e64), nan=np.inf))  # equal infinities agree
+        excess = np.where(np.isnan(e64), -np.inf, diff - allowed)
     return (np.isnan(a64) != np.isnan(e64)) | (excess > 0)
 
 

@@ -810,7 +810,7 @@ def attention(
         softcap=softcap, sinks=sinks, return_lse=return_lse,
     )
     name = fused.implementation(c.q, c.k, c.v, weights=c.return_weights, lse=c.return_lse, softcap=c.softcap,
-                                sinks=c.sinks)
+                                sinks=c.sinks, bias=c.bias)
     if name is not None:
         out = fused.attention(c.q, c.k, c.v, c.mask, c.bias, c.scale, _fill(c.fully_masked, c.shape[-1], c.q.dtype),
                               is_causal=c.is_causal, name=name, exact=_attention_impl)
