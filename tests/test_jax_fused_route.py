@@ -96,7 +96,7 @@ def _attention(a, mask, **kwargs):
 
 # The case last in the test id: the suite's scheduler gives each catalogue case one worker.
 @pytest.mark.parametrize("case", ATTENTION_CASES, ids=lambda c: c.id)
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["bfloat16"])  # a dtype cuDNN takes; the other tests run float32
 def test_every_case_through_the_route_matches_the_oracle(kernel_calls, case, dtype):
     a, mask = _arrays(case, dtype), case.mask()
     bias = (0.5 * np.random.default_rng(5).standard_normal((case.q_len, case.kv_len))).astype(a["q"].dtype)

@@ -16,7 +16,7 @@ import numpy as np
 from refmask import _show
 from refmask.testing import tolerances as tol
 from refmask.testing import ulp_distance
-from refmask.testing._assert import gradient_bounds
+from refmask.testing._assert import _gradient_bounds
 
 from .._base import Native, NotExpressible, Path
 from ..cases import Case
@@ -73,7 +73,7 @@ def gradient_beyond(got: np.ndarray, want: np.ndarray, terms: np.ndarray) -> np.
     |got - want| beyond GRADIENT_MAX_ULP * eps * terms (plus the allowance; exactly where terms are 0)."""
     a, e = got, want.astype(got.dtype)
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    _, allowed, _ = gradient_bounds(a, e64, terms, None, None, None)
+    _, allowed, _ = _gradient_bounds(a, e64, terms, None, None, None)
     with np.errstate(invalid="ignore"):
         diff = np.where(a64 == e64, 0.0, np.nan_to_num(np.abs(a64 - e64), nan=np.inf))  # equal infinities agree
         excess = np.where(np.isnan(e64), -np.inf, diff - allowed)

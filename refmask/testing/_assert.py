@@ -679,7 +679,7 @@ def lse_error(actual: Any, expected: Any) -> float:
 # gradients
 
 
-def gradient_bounds(
+def _gradient_bounds(
     a: np.ndarray, e64: np.ndarray, terms: Any, scale: float | None, max_ulp: float | None, precision: Any
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """(terms per entry, allowed |actual - expected| per entry, the ULP bound) of a gradient comparison."""
@@ -743,7 +743,7 @@ def assert_gradients_close(
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
     _check_nans(name, a, e, None, weights=False, trailing=GRADIENT_AXES.get(name))
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    t, allowed, bound = gradient_bounds(a, e64, terms, scale, max_ulp, precision)
+    t, allowed, bound = _gradient_bounds(a, e64, terms, scale, max_ulp, precision)
     with np.errstate(invalid="ignore"):
         excess = np.where(np.isnan(e64), -np.inf, np.abs(a64 - e64) - allowed)
     bad = excess > 0
@@ -765,7 +765,7 @@ def gradient_error(
     a, e = _as_numpy(actual), _as_numpy(expected)
     e = e.astype(a.dtype) if e.dtype != a.dtype else e
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
-    t, _, _ = gradient_bounds(a, e64, terms, scale, 0.0, precision)
+    t, _, _ = _gradient_bounds(a, e64, terms, scale, 0.0, precision)
     p = _precision(a.dtype, precision)
     with np.errstate(invalid="ignore", divide="ignore"):
         diff = np.where(np.isnan(e64), 0.0, np.abs(a64 - e64))
