@@ -28,7 +28,6 @@ the CPU through implementation="xla".
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -52,8 +51,6 @@ _LARGEST_SCORE = 2.0**13
 # A kept bias entry must stay above this for the kernel's additive mask (its fill: -32768 in float16,
 # about -2^40 in bfloat16) to rank every masked entry below every kept one.
 _LOWEST_KEPT_BIAS = -(2.0**14)
-
-Exact = Callable[..., Any]
 
 
 def implementation(q: Any, k: Any, v: Any, *, weights: bool, lse: bool, softcap: Any, sinks: Any,
@@ -91,12 +88,11 @@ def attention(
     *,
     is_causal: bool,
     name: Kernel,
-    exact: Exact,
 ) -> jax.Array | None:
     """attention's output on jax.nn.dot_product_attention(implementation=name), or the exact path's where
     the inputs are not all finite; None where the kernel refuses these inputs (the caller goes exact)."""
     args = (q, k, v, mask, bias, fill)
-    static = {"scale": scale, "is_causal": is_causal, "name": name, "exact": exact}
+    static = {"scale": scale, "is_causal": is_causal, "name": name}
     key = (tuple(None if a is None else (a.shape, a.dtype) for a in args), tuple(static.items()))
     if key in _refused:
         return None
@@ -137,12 +133,13 @@ def _fused(
     scale: float,
     is_causal: bool,
     name: Kernel,
-    exact: Exact,
 ) -> jax.Array:
+    # The backend module imports this one; by the time a call is traced it is complete.
+    from .jax import _attention_impl, causal_mask
+
     keep = mask
     if is_causal and keep is not None:
-        t, s = q.shape[-2], k.shape[-2]
-        keep = keep & (lax.broadcasted_iota(jnp.int32, (t, s), 1) <= lax.broadcasted_iota(jnp.int32, (t, s), 0))
+        keep = keep & causal_mask(q.shape[-2], k.shape[-2])
     kept_bias = None if bias is None else bias if keep is None else jnp.where(keep, bias, 0)
     sums = jnp.stack([x.sum(dtype=jnp.float32) for x in (q, k, v)])
     safe = jnp.isfinite(sums).all() & (_largest_norm(q) * _largest_norm(k) * scale < _LARGEST_SCORE)
@@ -166,11 +163,11 @@ def _fused(
         return jnp.where(any_kept, out, fixed.astype(q.dtype))
 
     def on_the_exact_path(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-                          fill: jax.Array) -> jax.Array:
-        return exact(q, k, v, mask, bias, jnp.asarray(scale, fill.dtype), fill, is_causal=is_causal,
-                     return_weights=False)
+                          fill: jax.Array) -> Any:  # the output alone: return_weights=False
+        return _attention_impl(q, k, v, mask, bias, jnp.asarray(scale, fill.dtype), fill, is_causal=is_causal,
+                               return_weights=False)
 
     return lax.cond(safe, on_the_kernel, on_the_exact_path, q, k, v, bias, fill)
 
 
-_fused_jit = jax.jit(_fused, static_argnames=("scale", "is_causal", "name", "exact"))
+_fused_jit = jax.jit(_fused, static_argnames=("scale", "is_causal", "name"))

@@ -813,7 +813,7 @@ def attention(
                                 sinks=c.sinks, bias=c.bias)
     if name is not None:
         out = fused.attention(c.q, c.k, c.v, c.mask, c.bias, c.scale, _fill(c.fully_masked, c.shape[-1], c.q.dtype),
-                              is_causal=c.is_causal, name=name, exact=_attention_impl)
+                              is_causal=c.is_causal, name=name)
         if out is not None:
             return out
     return _attention_jit(
