@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 import refmask
+from harness import poison
 from refmask import oracle
 from refmask.backends import _jax_fused as fused
 from refmask.testing import assert_attention_close, assert_gradients_close, attention_gradient_terms
@@ -143,8 +144,7 @@ def test_gradients_through_the_route_match_attention_vjp(kernel_calls, case_id, 
         assert_gradients_close(np.asarray(g), e, terms=term, name=f"{name} ({policy})")
 
 
-@pytest.mark.parametrize("where", ["k at a masked key", "q at a fully-masked row", "bias at a masked entry",
-                                   "-inf bias at a kept entry", "a kept bias below the fill"])
+@pytest.mark.parametrize("where", [*poison.SITES, "a kept bias below the fill"])
 @pytest.mark.parametrize("value", [math.nan, math.inf, 1e30])
 def test_non_finite_inputs_take_the_exact_path_and_never_leak(kernel_calls, where, value):
     """One program holds both paths: lax.cond picks the exact one, so what no row sees stays unseen (the
@@ -152,14 +152,8 @@ def test_non_finite_inputs_take_the_exact_path_and_never_leak(kernel_calls, wher
     case = CASES["padding-queries-and-keys"]  # batch 0 keeps keys 0-1 and queries 0-2
     a, mask = _arrays(case, "float32"), case.mask()
     bias = np.zeros((case.q_len, case.kv_len), np.float32)
-    if where.startswith("k"):
-        a["k"][0, :, 3] = value
-    elif where.startswith("q"):
-        a["q"][0, :, 3] = value
-    elif where.startswith("bias"):
-        bias[0, 3] = value
-    elif where.startswith("-inf"):
-        bias[0, 0] = -math.inf
+    if where in poison.SITES:
+        poison.plant(a, bias, where, value)
     else:
         bias[0, 1] = 4 * _CUDNN_FILL
     with np.errstate(invalid="ignore"):  # the oracle's float64 matmul meets the inf

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 import refmask
 import refmask.torch as rt
+from harness import poison
 from refmask import _dtypes, oracle
 from refmask.backends import torch as tb
 from refmask.testing import assert_attention_close, assert_lse_close, assert_weights_close, tolerances
@@ -782,22 +783,14 @@ def test_autograd_through_the_fused_route_matches_oracle_attention_vjp(monkeypat
         assert_gradients_close(g.numpy(), e, terms=term, name=f"{name} ({fully_masked})")
 
 
-@pytest.mark.parametrize("where", ["k at a masked key", "q at a fully-masked row", "bias at a masked entry",
-                                   "-inf bias at a kept entry"])
+@pytest.mark.parametrize("where", poison.SITES)
 @pytest.mark.parametrize("value", [math.nan, math.inf])
 def test_non_finite_inputs_take_the_math_route_and_never_leak(monkeypatch, where, value):
     calls = _sdpa_calls(monkeypatch)
     case = CASES["padding-queries-and-keys"]  # batch 0 keeps keys 0-1 and queries 0-2; batch 1 one query
     a, mask = case.arrays("float32"), case.mask()
     bias = np.zeros((case.q_len, case.kv_len), np.float32)
-    if where.startswith("k"):
-        a["k"][0, :, 3] = value
-    elif where.startswith("q"):
-        a["q"][0, :, 3] = value
-    elif where.startswith("bias"):
-        bias[0, 3] = value
-    else:
-        bias[0, 0] = -math.inf
+    poison.plant(a, bias, where, value)
     with np.errstate(invalid="ignore"):  # the oracle's float64 matmul meets the inf
         expected = oracle.attention(a["q"], a["k"], a["v"], mask, bias=bias, fully_masked="uniform")
     out = tb.attention(t(a["q"]), t(a["k"]), t(a["v"]), t(mask), bias=t(bias), fully_masked="uniform")
