@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Hashable
 from typing import Any, Generic, NamedTuple, Protocol, TypeAlias, TypeVar
 
 import numpy as np
@@ -51,6 +52,11 @@ class ArrayOps(Protocol):
         """An array of cond's shape and dtype `dtype`: `kept` where cond, `masked` elsewhere."""
 
     def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any: ...
+
+    def signature(self, x: Any) -> Hashable | None:
+        """What the checks of x read when x is this framework's own array (its type, shape, dtype and
+        device), or None: x is something else (a list, another framework's array, a traced value whose
+        checks must run each time) and is checked in full."""
 
 
 class NumpyOps:
@@ -93,6 +99,9 @@ class NumpyOps:
     def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any:
         return np.broadcast_to(x, shape)
 
+    def signature(self, x: Any) -> Hashable | None:
+        return (x.shape, x.dtype) if type(x) is np.ndarray else None
+
 
 NUMPY = NumpyOps()
 
@@ -105,11 +114,12 @@ def array(ops: ArrayOps, name: str, x: Any, device: Any = None, expected: str = 
     """x as the backend's array; None (or a non-array such as a string) is refused, naming the argument."""
     if x is None:
         raise TypeError(f"{name} must be an array; got None")
-    if type(x) is np.ndarray or array_backend(x) == "numpy":  # a framework's array is none of the below
-        if isinstance(x, str | bytes | dict | set):
-            raise TypeError(f"{name} must be an array; got {type(x).__name__} {x!r}")
-        # Host input is read by NumPy first, so every backend refuses strings and objects alike.
-        x = np.asarray(x)
+    if array_backend(x) == "numpy":  # a framework's array is none of the below
+        if type(x) is not np.ndarray:
+            if isinstance(x, str | bytes | dict | set):
+                raise TypeError(f"{name} must be an array; got {type(x).__name__} {x!r}")
+            # Host input is read by NumPy first, so every backend refuses strings and objects alike.
+            x = np.asarray(x)
         if x.dtype.kind not in "biufc" and x.dtype.name != "bfloat16":
             raise TypeError(f"{name} must be {expected}; got dtype {x.dtype}")
     return ops.asarray(x, device)
@@ -231,19 +241,65 @@ class SoftmaxCall(NamedTuple):
     axis: int  # negative: it names the same axis of a mask with fewer dimensions
     fully_masked: str
     sinks: Any = None  # as given (checked_sinks); sink_column puts them beside the scores
+    accuracy: str = "fast"
+
+
+# softmax_call's decisions per signature of its arguments (_softmax_key): a model calls masked_softmax with
+# the same shapes, dtypes and options at every step, and then the checks have nothing new to find.
+_SOFTMAX_DECISIONS: dict[Hashable, tuple[int, str, str]] = {}
+_SOFTMAX_DECISIONS_MAX = 512
+
+
+def _softmax_key(ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object, accuracy: object
+                 ) -> Hashable | None:
+    """What softmax_call's checks read, when it is all there is to read (scores and mask the backend's own
+    arrays, or no mask; the options of their plain types: an axis of True is refused, not taken for 1); else None."""
+    if type(axis) is not int or type(fully_masked) is not str or type(accuracy) is not str:
+        return None
+    s = ops.signature(scores)
+    m = () if mask is None else ops.signature(mask)
+    if s is None or m is None:
+        return None
+    return ops.name, s, m, axis, fully_masked, accuracy
 
 
 def softmax_call(
-    ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object, sinks: Any = None
+    ops: ArrayOps,
+    scores: Any,
+    mask: Any,
+    axis: object,
+    fully_masked: object,
+    sinks: Any = None,
+    accuracy: object = "fast",
 ) -> SoftmaxCall:
     """masked_softmax's arguments: floating scores of at least one axis, a bool mask that broadcasts to
-    them (on their device), the axis, the policy and the sinks (check.sinks_shape)."""
+    them (on their device), the axis, the policy, the sinks (check.sinks_shape) and the accuracy.
+
+    A call whose signature (_softmax_key) has passed the checks before returns what they decided then.
+    """
+    key = None if sinks is not None else _softmax_key(ops, scores, mask, axis, fully_masked, accuracy)
+    if key is not None:
+        decided = _SOFTMAX_DECISIONS.get(key)
+        if decided is not None:
+            return SoftmaxCall(scores, mask, decided[0], decided[1], None, decided[2])
+    call = _checked_softmax_call(ops, scores, mask, axis, fully_masked, sinks, accuracy)
+    if key is not None and call.scores is scores and call.mask is mask:
+        if len(_SOFTMAX_DECISIONS) >= _SOFTMAX_DECISIONS_MAX:
+            _SOFTMAX_DECISIONS.clear()
+        _SOFTMAX_DECISIONS[key] = (call.axis, call.fully_masked, call.accuracy)
+    return call
+
+
+def _checked_softmax_call(
+    ops: ArrayOps, scores: Any, mask: Any, axis: object, fully_masked: object, sinks: Any, accuracy: object
+) -> SoftmaxCall:
     device = ops.device_of({"scores": scores, "mask": mask, "sinks": sinks})
     scores = floating(ops, "scores", scores, device)
     policy = check.choice("fully_masked", fully_masked, check.FULLY_MASKED_POLICIES)
     keep = checked_mask(ops, mask, ops.shape(scores), device)
     a = check.axis(axis, len(ops.shape(scores)))
-    return SoftmaxCall(scores, keep, a, policy, checked_sinks(ops, sinks, ops.shape(scores), device, axis=a))
+    sinks = checked_sinks(ops, sinks, ops.shape(scores), device, axis=a)
+    return SoftmaxCall(scores, keep, a, policy, sinks, check.choice("accuracy", accuracy, check.SOFTMAX_ACCURACIES))
 
 
 class AttentionCall(NamedTuple):

@@ -19,6 +19,8 @@ import threading
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 BACKENDS: tuple[str, ...] = ("numpy", "jax", "torch")
 
 _MODULES = {"numpy": "refmask.oracle", "jax": "refmask.backends.jax", "torch": "refmask.backends.torch"}
@@ -104,6 +106,8 @@ def _load(name: str) -> ModuleType:
 
 def array_backend(x: Any) -> str:
     """ "jax", "torch" or "numpy" (for NumPy arrays, lists, numbers and anything else)."""
+    if x is None or type(x) is np.ndarray:  # first: isinstance against jax.Array is an ABC check
+        return "numpy"
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
         return "torch"
@@ -117,7 +121,7 @@ def infer_backend(*arrays: Any) -> str:
     """The one framework the arrays belong to ("numpy" if none is a framework's array)."""
     found = "numpy"
     for a in arrays:
-        name = "numpy" if a is None else array_backend(a)
+        name = array_backend(a)
         if name != "numpy" and name != found:
             if found != "numpy":
                 raise TypeError(
@@ -136,8 +140,6 @@ def to_numpy(x: Any) -> Any:
     """A NumPy array from a NumPy, jax or torch array (bfloat16 as ml_dtypes.bfloat16)."""
     name = array_backend(x)
     if name == "numpy":
-        import numpy as np
-
         return np.asarray(x)
     return get_backend(name).to_numpy(x)
 
@@ -146,7 +148,5 @@ def from_numpy(x: Any, backend: str) -> Any:
     """The array `x` (NumPy) as an array of `backend`, same dtype."""
     module = get_backend(backend)
     if backend == "numpy":
-        import numpy as np
-
         return np.asarray(x)
     return module.from_numpy(x)

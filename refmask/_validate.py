@@ -16,6 +16,7 @@ import numpy as np
 ALIGNS = ("top_left", "bottom_right")
 SIDES = ("right", "left")
 FULLY_MASKED_POLICIES = ("zero", "uniform", "nan")
+SOFTMAX_ACCURACIES = ("fast", "accurate")
 FILLS = ("min", "-inf")
 
 CONVERTERS_HINT = (
@@ -68,7 +69,8 @@ def flag(name: str, value: object) -> bool:
 def axis(axis: object, ndim: int) -> int:
     """The softmax axis of `ndim`-D scores as a negative index (it names the same axis of a mask with
     fewer dimensions); never wrapped, never a bool."""
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+    # type() first: isinstance against numbers.Integral is an ABC check, slow beside a small softmax
+    if type(axis) is not int and (isinstance(axis, bool) or not isinstance(axis, numbers.Integral)):
         raise TypeError(f"axis must be an int; got {type(axis).__name__} {axis!r}")
     if ndim == 0:
         raise ValueError("scores must have at least one axis to normalise along; got a 0-d array (shape ())")

@@ -693,6 +693,7 @@ def masked_softmax(
     axis: int = -1,
     fully_masked: str = "zero",
     sinks: ArrayLike = None,
+    accuracy: str = "fast",
 ) -> np.ndarray:
     """Softmax of `scores` along `axis` over the kept entries only.
 
@@ -720,10 +721,21 @@ def masked_softmax(
     is then (1, T) or (H, T)). dtype: floating, any; rounded to the precision the scores are computed in
     (float32 for float16/bfloat16 scores, else the scores' dtype) before use.
 
+    accuracy: how far float32 weights may be from the correctly rounded ones (the exact weights rounded
+    once), on every backend:
+      "fast"     (default) the backend's fastest arithmetic: float32 weights may also carry the rounding
+                 of x[j] - m, which exp magnifies to up to |x[j] - m| / 2 ULP beyond "accurate"'s bound
+                 (the error of the plain softmax(masked_fill(~mask, -inf)); refmask.testing.tolerances.
+                 softmax_max_ulp bounds it);
+      "accurate" within 4 ULP of the correctly rounded weights, whatever the spread of the scores.
+    Only float32 weights differ between the two: float64 has ULPs to spare and float16/bfloat16 are
+    computed in float32, far below their own ULP. The oracle computes in float64 and rounds once
+    (within 1 ULP) under both.
+
     scores: floating (float16, bfloat16, float32, float64); the result has scores' dtype and shape.
     mask: bool, broadcastable to scores' shape; None keeps everything.
     """
-    call = arrays.softmax_call(NUMPY, scores, mask, axis, fully_masked, sinks)
+    call = arrays.softmax_call(NUMPY, scores, mask, axis, fully_masked, sinks, accuracy)
     keep = call.mask
     if keep is None or keep.shape != call.scores.shape:  # np.broadcast_to costs more than a small softmax
         keep = np.broadcast_to(np.ones((), bool) if keep is None else keep, call.scores.shape)

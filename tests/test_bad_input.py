@@ -511,6 +511,10 @@ POSITIONS_AND_CHOICES = [
     case("chunk-size-bool", TypeError, call("chunked_mask", 4, chunk_size=True), "chunk_size", "int", "True"),
     case("fully-masked-softmax", ValueError, call("masked_softmax", np.zeros(3, F32), fully_masked="ones"),
          "fully_masked", POLICIES, "'ones'"),
+    case("accuracy-unknown", ValueError, call("masked_softmax", np.zeros(3, F32), accuracy="exact"),
+         "accuracy", "'fast', 'accurate'", "'exact'"),
+    case("accuracy-bool", ValueError, call("masked_softmax", np.zeros(3, F32), accuracy=True),
+         "accuracy", "'fast', 'accurate'", "True"),
     case("fully-masked-attention", ValueError, call("attention", Q, K, V, fully_masked=None),
          "fully_masked", POLICIES, "None"),
     case("fully-masked-weights", ValueError, call("attention_weights", Q, K, fully_masked="Zero"),
@@ -1083,6 +1087,36 @@ def test_dtype_spelling_means_the_same_on_every_backend(spelling, dtype, means, 
         assert _canonical_dtype_name(bias) == means
         expected = oracle.to_additive(oracle.causal_mask(3, 4), means)
         assert _backends.to_numpy(bias).tobytes() == expected.tobytes()
+
+
+REMEMBERED_SIGNATURE_VARIANTS = [
+    ("axis-bool", TypeError, lambda s, m: {"scores": s, "mask": m, "axis": True}, ("axis", "int", "True")),
+    ("axis-out-of-range", ValueError, lambda s, m: {"scores": s, "mask": m, "axis": 2}, ("axis", "2")),
+    ("policy", ValueError, lambda s, m: {"scores": s, "mask": m, "fully_masked": "Zero"}, ("fully_masked",)),
+    ("accuracy", ValueError, lambda s, m: {"scores": s, "mask": m, "accuracy": "Fast"}, ("accuracy",)),
+    ("mask-dtype", TypeError, lambda s, m: {"scores": s, "mask": m[None] * 1}, ("mask", "bool")),
+    ("mask-shape", ValueError, lambda s, m: {"scores": s, "mask": m[:, :2]}, ("mask", "broadcast")),
+    ("scores-dtype", TypeError, lambda s, m: {"scores": s > 0, "mask": m}, ("scores", "floating")),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("variant, error, kwargs, says", REMEMBERED_SIGNATURE_VARIANTS,
+                         ids=[v[0] for v in REMEMBERED_SIGNATURE_VARIANTS])
+def test_a_remembered_signature_lets_nothing_else_through(variant, error, kwargs, says, backend):
+    """masked_softmax remembers the checks' decisions per signature of its arguments (types, shapes, dtypes,
+    options): after an accepted call, each variant of it that is wrong in one respect is still refused."""
+    _framework_or_skip(backend)
+    with _x64_if_jax(backend):
+        scores = _backends.from_numpy(np.zeros((2, 3), F32), backend)
+        mask = _backends.from_numpy(oracle.causal_mask(2, 3), backend)
+        for _ in range(2):  # the second call is answered from what the first decided
+            w = refmask.masked_softmax(scores, mask, axis=-1, fully_masked="zero", accuracy="fast")
+            np.testing.assert_array_equal(_backends.to_numpy(w), oracle.masked_softmax(np.zeros((2, 3), F32),
+                                                                                     oracle.causal_mask(2, 3)))
+        with pytest.raises(error) as raised:
+            refmask.masked_softmax(**kwargs(scores, mask))
+    assert_refmask_error(raised.value, error, says)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -43,6 +43,35 @@ def test_masked_softmax_matches_oracle(variant, case, dtype, fully_masked):
     assert_weights_close(actual, expected, mask=mask, scores=variant.computed_input(scores))
 
 
+@pytest.mark.parametrize(("case", "fully_masked"),
+                         [(c, POLICIES[i % len(POLICIES)]) for i, c in enumerate(ATTENTION_CASES)],
+                         ids=[c.id for c in ATTENTION_CASES])
+def test_accurate_float32_masked_softmax_is_within_a_flat_bound(variant, case, fully_masked):
+    """accuracy="accurate": within SOFTMAX_MAX_ULP of the oracle whatever the spread, here scores of
+    scale 4, where the plain float32 softmax is not (test_tolerances.py)."""
+    scores, mask = 4 * case.arrays("float32")["scores"], case.mask()
+    expected = variant.expected("masked_softmax", scores, mask, fully_masked=fully_masked)
+    actual = variant.call("masked_softmax", scores, mask, fully_masked=fully_masked, accuracy="accurate")
+    assert_weights_close(actual, expected, mask=mask, table=tolerances.SOFTMAX_MAX_ULP)
+
+
+@pytest.mark.parametrize("scale", [4.0, 16.0])
+@pytest.mark.parametrize("accuracy", ["fast", "accurate"])
+def test_float32_masked_softmax_accuracy_on_wide_scores(variant, accuracy, scale):
+    """Scores of scale 4 and 16 over 512 keys: "accurate" within the flat SOFTMAX_MAX_ULP, "fast" within
+    the float32 error model that grows with |x - max| (softmax_max_ulp)."""
+    rng = np.random.default_rng(int(scale))
+    scores = (scale * rng.standard_normal((64, 512))).astype(np.float32)
+    keep = rng.random(scores.shape) < 0.8
+    keep[:, 0] = True
+    expected = variant.expected("masked_softmax", scores, keep)
+    actual = variant.call("masked_softmax", scores, keep, accuracy=accuracy)
+    if accuracy == "accurate":
+        assert_weights_close(actual, expected, mask=keep, table=tolerances.SOFTMAX_MAX_ULP)
+    else:
+        assert_weights_close(actual, expected, mask=keep, scores=scores)
+
+
 @cases
 @dtypes
 @policies

@@ -3,7 +3,7 @@
 The suite's own JAX compiles without XLA's optimisation passes (harness.environments explains why), so
 this test runs refmask.testing.check_attention on the JAX backend in a subprocess at XLA's defaults:
 every catalogue case in float32 under each fully-masked policy, weights and gradients included, as a
-user's program compiles it.
+user's program compiles it, and masked_softmax(accuracy="accurate") on scores of scale 4 and 16.
 """
 
 from __future__ import annotations
@@ -30,6 +30,19 @@ CHECK = textwrap.dedent("""
 
         print(policy, check_attention(fn, weights_fn=weights_fn, backend="jax", fully_masked=policy,
                                       examples=0, dtypes=["float32"], grads=True))
+
+    import numpy as np
+    from refmask import oracle
+    from refmask.testing import assert_weights_close, tolerances
+
+    for scale in (4.0, 16.0):  # accuracy="accurate" keeps its flat bound on wide scores
+        rng = np.random.default_rng(int(scale))
+        scores = (scale * rng.standard_normal((64, 512))).astype(np.float32)
+        keep = rng.random(scores.shape) < 0.8
+        keep[:, 0] = True
+        w = refmask.masked_softmax(scores, keep, backend="jax", accuracy="accurate")
+        assert_weights_close(w, oracle.masked_softmax(scores, keep), mask=keep, table=tolerances.SOFTMAX_MAX_ULP)
+        print("accurate within SOFTMAX_MAX_ULP at scale", scale)
 """)
 
 
@@ -41,3 +54,4 @@ def test_jax_backend_at_xla_defaults_agrees_with_the_oracle():
                           env=xla_defaults_env())
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("catalogue cases and 0 generated examples agree") == 3, proc.stdout
+    assert proc.stdout.count("accurate within SOFTMAX_MAX_ULP") == 2, proc.stdout

@@ -38,6 +38,10 @@ class JaxOps:
     def device_of(self, named: dict[str, Any]) -> Any:
         return None
 
+    def signature(self, x: Any) -> Any:
+        # Tracers too: their shape and dtype are static, and the checks read nothing else.
+        return (type(x), x.shape, x.dtype) if isinstance(x, jax.Array) else None
+
     def dtype_name(self, x: Any) -> str:
         dtype = x.dtype
         return _dtypes.numpy_name(dtype if isinstance(dtype, np.dtype) else np.dtype(dtype))

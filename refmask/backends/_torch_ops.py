@@ -35,7 +35,10 @@ def tracing(*xs: Any) -> bool:
     if torch.compiler.is_compiling():
         return True
     wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(isinstance(x, torch.Tensor) and wrapped(x) for x in xs)
+    for x in xs:  # noqa: SIM110 (a loop, not any(generator): this runs on every call)
+        if isinstance(x, torch.Tensor) and wrapped(x):
+            return True
+    return False
 
 
 def _available() -> str:
@@ -87,12 +90,18 @@ class TorchOps:
         return x
 
     def device_of(self, named: dict[str, Any]) -> Any:
-        found = {n: x.device for n, x in named.items() if isinstance(x, torch.Tensor)}
-        devices = set(found.values())
-        if len(devices) > 1:
-            got = ", ".join(f"{n} on {d}" for n, d in found.items())
-            raise ValueError(f"tensors of one call must be on one device; got {got}: move them with .to(device)")
-        return devices.pop() if devices else None
+        device = None
+        for x in named.values():  # a plain loop: this runs on every call, and most calls pass one device
+            if isinstance(x, torch.Tensor):
+                if device is None:
+                    device = x.device
+                elif x.device != device:
+                    found = {n: t.device for n, t in named.items() if isinstance(t, torch.Tensor)}
+                    got = ", ".join(f"{n} on {d}" for n, d in found.items())
+                    raise ValueError(
+                        f"tensors of one call must be on one device; got {got}: move them with .to(device)"
+                    )
+        return device
 
     def dtype_name(self, x: Any) -> str:
         return str(x.dtype).removeprefix("torch.")
@@ -116,6 +125,12 @@ class TorchOps:
 
     def broadcast_to(self, x: Any, shape: tuple[int, ...]) -> Any:
         return x.expand(shape)
+
+    def signature(self, x: Any) -> Any:
+        # Not under torch.compile: dynamo would guard on this table instead of tracing the checks.
+        if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+            return None
+        return type(x), x.shape, x.dtype, x.device
 
 
 TORCH = TorchOps()

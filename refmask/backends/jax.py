@@ -102,9 +102,13 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _compensate(dtype: Any) -> bool:
-    """Whether the softmax compensates the rounding of x - max (float32 inputs; see _exp_shifted)."""
-    return _dtype_name(dtype) == "float32"
+def _arithmetic(dtype: Any, accurate: bool = False) -> str:
+    """How the softmax of inputs of `dtype` computes (see _softmax_forward): "plain" but for float32,
+    which compensates the rounding of x - max ("compensated"), and with accurate=True also the rounding
+    of each row's sum ("accurate")."""
+    if _dtype_name(dtype) != "float32":
+        return "plain"
+    return "accurate" if accurate else "compensated"
 
 
 def _place(x: Any, device: Any) -> Any:
@@ -541,13 +545,47 @@ def _exp_shifted(x: jax.Array, m: jax.Array, compensate: bool) -> jax.Array:
     neg_m = -m
     x_back = d - neg_m
     err = (x - x_back) + (neg_m - (d - x_back))
-    return jnp.where(d > -104.0, e + e * err, e)
+    # Below 2^-100 the correction e * err is subnormal, which XLA flushes to zero unless it fuses
+    # e + e * err into one FMA (it does not at low optimisation levels): there it is applied as a
+    # factor, 1 + err, exact to 2^-24, a normal number like the result.
+    corrected = jnp.where(e >= 2.0**-100, e + e * err, e * (1.0 + err))
+    return jnp.where(d > -104.0, corrected, e)
+
+
+def _two_sum_add(a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(sum, error) pairs added: s = s1 + s2 rounded, its exact rounding error (TwoSum) joining the errors."""
+    (s1, c1), (s2, c2) = a, b
+    s = s1 + s2
+    b_part = s - s1
+    return s, (c1 + c2) + ((s1 - (s - b_part)) + (s2 - b_part))
+
+
+def _row_sum(e: jax.Array, axis: int, compensated: bool, extra: jax.Array | None = None) -> jax.Array:
+    """The sum of e along negative `axis` (kept, size 1), plus `extra` (broadcastable, axis of size 1) if given.
+
+    A plain float32 sum of n terms is off by up to log2(n) roundings, a few ULP of the total, which every
+    weight divided by it inherits. compensated=True: each partial sum carries its exact rounding error
+    (TwoSum) in a second accumulator of one reduction, in whatever order XLA adds, so the total is
+    within about half an ULP of the exact sum.
+    """
+    if not compensated:
+        total = jnp.sum(e, axis=axis, keepdims=True)
+        return total if extra is None else total + extra
+    zero = jnp.zeros((), e.dtype)
+    s, c = lax.reduce((e, jnp.zeros_like(e)), (zero, zero), _two_sum_add, (e.ndim + axis,))
+    s, c = jnp.expand_dims(s, axis), jnp.expand_dims(c, axis)
+    if extra is not None:
+        s, c = _two_sum_add((s, c), (extra, jnp.zeros_like(extra)))
+    return s + c
 
 
 def _softmax_forward(
-    x: jax.Array, keep: jax.Array | None, fill: jax.Array, axis: int, compensate: bool, sink: jax.Array | None
+    x: jax.Array, keep: jax.Array | None, fill: jax.Array, axis: int, arithmetic: str, sink: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """The hot path, in x's (compute) dtype: where, max, exp, sum, divide, and a row-level where.
+
+    arithmetic (_arithmetic): "plain"; "compensated", exp(x - m) with the rounding of x - m compensated
+    (_exp_shifted); "accurate", also each row's sum compensated (_row_sum).
 
     Masked scores become -inf before anything reads them, so they can hold NaN or +inf. A row with
     nothing kept has max -inf and computes NaN; the last where replaces it by `fill`, the policy's
@@ -562,12 +600,10 @@ def _softmax_forward(
     if sink is not None:
         m = jnp.maximum(m, sink)
     m = lax.stop_gradient(m)
+    compensate = arithmetic != "plain"
     e = _exp_shifted(kept, m, compensate)
-    total = jnp.sum(e, axis=axis, keepdims=True)
-    e_sink = None
-    if sink is not None:
-        e_sink = _exp_shifted(sink, m, compensate)
-        total = total + e_sink
+    e_sink = None if sink is None else _exp_shifted(sink, m, compensate)
+    total = _row_sum(e, axis, arithmetic == "accurate", e_sink)
     w = e / total
     if keep is not None:
         w = jnp.where(_any_kept(keep, axis), w, fill.astype(w.dtype))
@@ -586,27 +622,27 @@ def _softmax_core(
     keep: jax.Array | None,
     fill: jax.Array,
     axis: int,
-    compensate: bool,
+    arithmetic: str,
     sink: jax.Array | None = None,
     with_lse: bool = False,
 ) -> Any:
     """The masked softmax of x along `axis` (see _softmax_forward), and with_lse its log-sum-exp with
     `axis` kept (size 1): (weights, lse)."""
-    w, m, total, _ = _softmax_forward(x, keep, fill, axis, compensate, sink)
+    w, m, total, _ = _softmax_forward(x, keep, fill, axis, arithmetic, sink)
     return (w, _log_sum_exp(m, total)) if with_lse else w
 
 
 @_softmax_core.defjvp
 def _softmax_core_jvp(
     axis: int,
-    compensate: bool,
+    arithmetic: str,
     with_lse: bool,
     primals: tuple[jax.Array, jax.Array | None, jax.Array, jax.Array | None],
     tangents: tuple[jax.Array, Any, Any, Any],
 ) -> tuple[Any, Any]:
     x, keep, fill, sink = primals
     x_dot = tangents[0]
-    w, m, total, e_sink = _softmax_forward(x, keep, fill, axis, compensate, sink)
+    w, m, total, e_sink = _softmax_forward(x, keep, fill, axis, arithmetic, sink)
     # Weights that depend on x: zero at masked entries and on fully-masked rows (whose value is a
     # constant of the policy: the fill is not differentiated), so those get exactly 0 gradient,
     # finite under every policy.
@@ -625,14 +661,21 @@ def _softmax_core_jvp(
 
 
 def _masked_softmax_impl(
-    scores: jax.Array, mask: jax.Array | None, fill: jax.Array, sink: jax.Array | None = None, *, axis: int
+    scores: jax.Array,
+    mask: jax.Array | None,
+    fill: jax.Array,
+    sink: jax.Array | None = None,
+    *,
+    axis: int,
+    accurate: bool,
 ) -> jax.Array:
     x = scores.astype(_compute_dtype(scores.dtype))
     sink = None if sink is None else sink.astype(x.dtype)
-    return _softmax_core(x, mask, fill, axis, _compensate(scores.dtype), sink).astype(scores.dtype)
+    arithmetic = _arithmetic(scores.dtype, accurate=True) if accurate else "plain"
+    return _softmax_core(x, mask, fill, axis, arithmetic, sink).astype(scores.dtype)
 
 
-_masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis",))
+_masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "accurate"))
 
 
 def _fill(policy: str, n: int, dtype: Any, sinks: Any = None) -> jax.Array:
@@ -650,12 +693,18 @@ def _fill_array(policy: str, n: int, compute_dtype: Any) -> jax.Array:
 
 
 def masked_softmax(
-    scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero", sinks: Any = None
+    scores: Any,
+    mask: Any = None,
+    *,
+    axis: int = -1,
+    fully_masked: str = "zero",
+    sinks: Any = None,
+    accuracy: str = "fast",
 ) -> jax.Array:
-    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks)
+    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks, accuracy)
     fill = _fill(c.fully_masked, c.scores.shape[c.axis], c.scores.dtype, c.sinks)
     sink = arrays.sink_column(OPS, c.sinks, c.scores.shape, c.axis)
-    return _masked_softmax_jit(c.scores, c.mask, fill, sink, axis=c.axis)
+    return _masked_softmax_jit(c.scores, c.mask, fill, sink, axis=c.axis, accurate=c.accuracy == "accurate")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -702,8 +751,8 @@ def _weights(
         mask = causal if mask is None else mask & causal
     sink = None if sink is None else sink.astype(cdt)
     if not with_lse:
-        return _softmax_core(s, mask, fill, -1, _compensate(q.dtype), sink), None, groups
-    w, lse = _softmax_core(s, mask, fill, -1, _compensate(q.dtype), sink, True)
+        return _softmax_core(s, mask, fill, -1, _arithmetic(q.dtype), sink), None, groups
+    w, lse = _softmax_core(s, mask, fill, -1, _arithmetic(q.dtype), sink, True)
     return w, lse[..., 0], groups
 
 

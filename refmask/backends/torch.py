@@ -446,13 +446,12 @@ _ACCURATE_BLOCK = 1 << 16  # elements per float64 block: a block stays in cache 
 def _softmax(t: torch.Tensor, axis: int, *, accurate: bool, into: bool) -> torch.Tensor:
     """softmax of t along `axis`; into=True: written into t (no autograd, contiguous, last axis).
 
-    accurate=True, for float32 on CPU: normalised in float64 and rounded once, so within 1 ULP of the
+    accurate=True, for float32: normalised in float64 and rounded once, so within 1 ULP of the
     correctly rounded weights; float32 arithmetic is off by up to |x - max| / 2 ULP (the rounding of
-    x - max, which exp magnifies). In place, rows go through float64 in blocks that stay in cache, so
-    it costs no more memory traffic than the float32 softmax. Elsewhere (accelerators, where float64
-    is slow) the float32 softmax.
+    x - max, which exp magnifies). In place on the host, rows go through float64 in blocks that stay
+    in cache, so it costs no more memory traffic than the float32 softmax.
     """
-    if not (accurate and t.dtype == torch.float32 and t.device.type == "cpu"):
+    if not (accurate and t.dtype == torch.float32):
         return torch.softmax(t, axis, out=t) if into else torch.softmax(t, axis)
     if not into:
         return torch.softmax(t, axis, dtype=torch.float64).to(torch.float32)
@@ -482,17 +481,17 @@ def _softmax_kept(
     axis %= x.ndim
     grad = torch.is_grad_enabled() and x.requires_grad
     tracing = _tracing(x, keep)
-    # A row is fully masked iff its mask row has no True: computed at the mask's own (small) shape.
-    k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
-    any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
-    # masked_fill's backward gives masked entries exactly 0 whatever the softmax's gradient is there
-    # (NaN in a fully-masked row); in place on a temporary of ours is autograd-safe.
-    t = x.masked_fill_(~keep, -math.inf) if owned and not tracing else x.masked_fill(~keep, -math.inf)
+    # where's (and masked_fill's) backward gives masked entries exactly 0 whatever the softmax's gradient
+    # is there (NaN in a fully-masked row); in place on a temporary of ours is autograd-safe.
+    t = x.masked_fill_(~keep, -math.inf) if owned and not tracing else torch.where(keep, x, -math.inf)
     # In place over our temporary where it can be: one allocation less (first-touch page faults on the host).
     into = not (grad or tracing or t.device.type != "cpu" or axis != t.ndim - 1 or not t.is_contiguous())
     w = _softmax(t, axis, accurate=accurate, into=into)
     if policy == "nan":
         return w  # the softmax of a row of -inf is already NaN
+    # A row is fully masked iff its mask row has no True: computed at the mask's own (small) shape.
+    k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
+    any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
     if not tracing and w.device.type == "cpu" and bool(any_kept.all()):
         return w  # on the host this check is free: no row is fully masked, nothing to fix
     value = arrays.fully_masked_value(policy, x.shape[axis])
@@ -502,32 +501,47 @@ def _softmax_kept(
 
 
 def masked_softmax(
-    scores: Any, mask: Any = None, *, axis: int = -1, fully_masked: str = "zero", sinks: Any = None
+    scores: Any,
+    mask: Any = None,
+    *,
+    axis: int = -1,
+    fully_masked: str = "zero",
+    sinks: Any = None,
+    accuracy: str = "fast",
 ) -> torch.Tensor:
-    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks)
+    c = arrays.softmax_call(OPS, scores, mask, axis, fully_masked, sinks, accuracy)
+    # float16 / bfloat16 compute in float32, whose error their ULPs dwarf: only float32 scores differ.
+    accurate = c.accuracy == "accurate" and c.scores.dtype == torch.float32
+    if accurate and c.scores.device.type == "mps":
+        raise ValueError('accuracy="accurate" needs float64 arithmetic, which torch lacks on mps; use "fast"')
     compute = _compute_dtype(c.scores.dtype)
     x = c.scores if compute == c.scores.dtype else c.scores.to(compute)
     if c.sinks is not None:
         sink = arrays.sink_column(OPS, c.sinks, tuple(c.scores.shape), c.axis)
-        w, _ = _softmax_with_sinks(x, c.mask, c.axis, sink.to(x.dtype), with_lse=False)
+        w, _ = _softmax_with_sinks(x, c.mask, c.axis, sink.to(x.dtype), with_lse=False, accurate=accurate)
         return w.to(c.scores.dtype)
-    accurate = c.scores.dtype == torch.float32  # float16 / bfloat16: their ULPs dwarf float32's error
     w = _softmax_kept(x, c.mask, c.axis, c.fully_masked, owned=x is not c.scores, accurate=accurate)
     return w if w.dtype == c.scores.dtype else w.to(c.scores.dtype)
 
 
 def _softmax_with_sinks(
-    x: torch.Tensor, keep: torch.Tensor | None, axis: int, sink: torch.Tensor, *, with_lse: bool
+    x: torch.Tensor,
+    keep: torch.Tensor | None,
+    axis: int,
+    sink: torch.Tensor,
+    *,
+    with_lse: bool,
+    accurate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """masked softmax of x along `axis` with a sink logit per row (broadcastable to x with `axis` of size 1),
     and with_lse its log-sum-exp (axis kept, size 1): gpt-oss's idiom, the sink as one more kept column
-    whose weight is dropped. A row that keeps no key gets weights 0, whatever its sink."""
+    whose weight is dropped. A row that keeps no key gets weights 0, whatever its sink. accurate: as _softmax."""
     axis %= x.ndim
     t = x if keep is None else x.masked_fill(~keep, -math.inf)
     column_shape = list(t.shape)
     column_shape[axis] = 1
     full = torch.cat([t, sink.expand(column_shape)], dim=axis)
-    w = torch.softmax(full, axis).narrow(axis, 0, t.shape[axis])
+    w = _softmax(full, axis, accurate=accurate, into=False).narrow(axis, 0, t.shape[axis])
     lse = torch.logsumexp(full, axis, keepdim=True) if with_lse else None
     if keep is not None:
         k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep

@@ -18,7 +18,7 @@ from refmask import oracle
 from ..modes import Sizes
 from ..rows import Ref, Row, own_row, rows_from_times
 from ..timing import interleaved
-from .softmax import numpy_softmax, softmax_inputs
+from .softmax import TORCH_IDIOM, accurate_rows, numpy_softmax, softmax_inputs
 
 # What case 3 times on one backend, and (jax) how often refmask's jitted function was compiled.
 SmallMeasure = tuple[dict[str, Callable[[], Any]], list[Ref], Callable[[], int] | None]
@@ -26,7 +26,6 @@ SmallMeasure = tuple[dict[str, Callable[[], Any]], list[Ref], Callable[[], int] 
 SMALL_CALL_TARGET = {"numpy": 15e-6, "torch": 30e-6, "jax": 60e-6}
 # refmask's public call over the native idiom's, per backend
 SMALL_CALL_RATIO = {"numpy": 2.0, "torch": 2.0, "jax": 1.5}
-TORCH_NATIVE = "softmax(masked_fill(~mask, -inf))"
 
 
 def _numpy(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
@@ -54,6 +53,7 @@ def _jax(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
     native = jax.jit(lambda s, m: jax.nn.softmax(s, axis=-1, where=m))
     fns = {
         "refmask": lambda: refmask.masked_softmax(xs, ms),
+        "accurate": lambda: refmask.masked_softmax(xs, ms, accuracy="accurate"),
         "compiled": lambda: compiled(xs, ms),
         "native": lambda: native(xs, ms),
     }
@@ -70,11 +70,23 @@ def _torch(x: np.ndarray, mask: np.ndarray) -> SmallMeasure:
     import torch
 
     xt, mt = torch.from_numpy(x), torch.from_numpy(mask)
+
+    def tensor_ops() -> Any:
+        # The tensor operations refmask's masked_softmax needs: one more than the idiom (the fully-masked check)
+        w = torch.softmax(torch.where(mt, xt, float("-inf")), dim=-1)
+        return w, bool(mt.any(dim=-1, keepdim=True).all())
+
     fns = {
         "refmask": lambda: refmask.masked_softmax(xt, mt),
+        "accurate": lambda: refmask.masked_softmax(xt, mt, accuracy="accurate"),
         "native": lambda: torch.softmax(xt.masked_fill(~mt, float("-inf")), dim=-1),
+        "ops": tensor_ops,
     }
-    return fns, [("native", TORCH_NATIVE, {"max_ratio": SMALL_CALL_RATIO["torch"]})], None
+    refs: list[Ref] = [
+        ("native", TORCH_IDIOM, {"max_ratio": SMALL_CALL_RATIO["torch"]}),
+        ("ops", "bound: refmask's tensor ops alone (where, softmax, any, all), no checks", {}),
+    ]
+    return fns, refs, None
 
 
 MEASURES = {"numpy": _numpy, "jax": _jax, "torch": _torch}
@@ -95,12 +107,16 @@ def case_small_calls(sizes: Sizes, backends: dict[str, str]) -> list[Row]:
             note = f"backend program compiled {compilations()} time(s) in this process"
         rows.append(own_row(3, backend, subject, times, SMALL_CALL_TARGET[backend], note))
         rows += rows_from_times(3, backend, times, subject, refs)
+        if backend != "numpy":
+            rows += accurate_rows(3, backend, times, subject, refs[0][1])
         if backend == "torch":
-            rows += _torch_single_thread(fns, sizes, subject)
+            rows += _torch_single_thread(fns, refs, sizes, subject)
     return rows
 
 
-def _torch_single_thread(fns: dict[str, Callable[[], Any]], sizes: Sizes, subject: str) -> list[Row]:
+def _torch_single_thread(
+    fns: dict[str, Callable[[], Any]], refs: list[Ref], sizes: Sizes, subject: str
+) -> list[Row]:
     """Case 3 again with torch.set_num_threads(1): on a busy machine, waking torch's intra-op thread
     pool costs milliseconds even for an (8, 8) tensor, so the default-threads time measures the load."""
     import torch
@@ -115,5 +131,4 @@ def _torch_single_thread(fns: dict[str, Callable[[], Any]], sizes: Sizes, subjec
         torch.set_num_threads(threads)
     subject = f"{subject}, torch.set_num_threads(1)"
     own = own_row(3, "torch", subject, times, SMALL_CALL_TARGET["torch"])
-    refs: list[Ref] = [("native", TORCH_NATIVE, {"max_ratio": SMALL_CALL_RATIO["torch"]})]
     return [own, *rows_from_times(3, "torch", times, subject, refs)]
