@@ -104,15 +104,27 @@ def _load(name: str) -> ModuleType:
         return _loaded[name]
 
 
+# array_backend's answer per type: it depends on the type alone (a framework's array types exist only once
+# it is imported), and isinstance against jax.Array, an ABC, costs more than a small call's arithmetic.
+_BACKEND_OF_TYPE: dict[type, str] = {type(None): "numpy", np.ndarray: "numpy"}
+
+
 def array_backend(x: Any) -> str:
     """ "jax", "torch" or "numpy" (for NumPy arrays, lists, numbers and anything else)."""
-    if x is None or type(x) is np.ndarray:  # first: isinstance against jax.Array is an ABC check
-        return "numpy"
+    kind = type(x)
+    name = _BACKEND_OF_TYPE.get(kind)
+    if name is None:
+        name = _BACKEND_OF_TYPE[kind] = _backend_of_type(kind)
+    return name
+
+
+def _backend_of_type(kind: type) -> str:
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
+    if torch is not None and issubclass(kind, torch.Tensor):
         return "torch"
     jax = sys.modules.get("jax")
-    if jax is not None and isinstance(x, jax.Array):
+    # Tracers are jax.Array instances by jax.Array's instance check, not as subclasses.
+    if jax is not None and (issubclass(kind, jax.Array) or issubclass(kind, jax.core.Tracer)):
         return "jax"
     return "numpy"
 

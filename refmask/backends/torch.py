@@ -435,9 +435,13 @@ def alibi_bias(
 # masked softmax and attention
 
 
+# A table, not a cache decorator: torch.compile traces a dict lookup, and warns about lru_cache.
+_COMPUTE_DTYPES = {getattr(torch, n): getattr(torch, _dtypes.compute_dtype(n)) for n in _dtypes.FLOAT_DTYPES}
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float16 / bfloat16 accumulate in float32; float32 and float64 in themselves."""
-    return getattr(torch, _dtypes.compute_dtype(_dtypes.name_of(dtype)))
+    return _COMPUTE_DTYPES[dtype]
 
 
 _ACCURATE_BLOCK = 1 << 16  # elements per float64 block: a block stays in cache between its passes
@@ -481,18 +485,19 @@ def _softmax_kept(
     axis %= x.ndim
     grad = torch.is_grad_enabled() and x.requires_grad
     tracing = _tracing(x, keep)
+    host = not tracing and x.device.type == "cpu"
     # where's (and masked_fill's) backward gives masked entries exactly 0 whatever the softmax's gradient
     # is there (NaN in a fully-masked row); in place on a temporary of ours is autograd-safe.
     t = x.masked_fill_(~keep, -math.inf) if owned and not tracing else torch.where(keep, x, -math.inf)
     # In place over our temporary where it can be: one allocation less (first-touch page faults on the host).
-    into = not (grad or tracing or t.device.type != "cpu" or axis != t.ndim - 1 or not t.is_contiguous())
+    into = host and not grad and axis == t.ndim - 1 and t.is_contiguous()
     w = _softmax(t, axis, accurate=accurate, into=into)
     if policy == "nan":
         return w  # the softmax of a row of -inf is already NaN
     # A row is fully masked iff its mask row has no True: computed at the mask's own (small) shape.
     k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
     any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
-    if not tracing and w.device.type == "cpu" and bool(any_kept.all()):
+    if host and bool(any_kept.all()):
         return w  # on the host this check is free: no row is fully masked, nothing to fix
     value = arrays.fully_masked_value(policy, x.shape[axis])
     if grad or tracing:
