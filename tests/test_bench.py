@@ -57,6 +57,11 @@ def test_every_backend_is_measured_or_skipped_with_a_reason(smoke_output):
         assert section, f"no section for case {case}:\n{out}"
         for backend in BACKENDS:
             assert re.search(rf"^  {backend} ", section.group(1), re.M), f"case {case}: no row for {backend}"
+    # case 4 measures the oracle and torch's peak against SDPA's (jax has no row there): both in one run
+    section = re.search(r"^case 4: (.*?)(?=^case \d|\Z)", out, re.S | re.M)
+    assert section, f"no section for case 4:\n{out}"
+    for backend in ("numpy", "torch"):
+        assert re.search(rf"^  {backend} ", section.group(1), re.M), f"case 4: no row for {backend}"
 
 
 def test_smoke_mode_says_its_shapes_are_smaller(smoke_output):
