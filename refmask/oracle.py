@@ -728,9 +728,10 @@ def masked_softmax(
                  (the error of the plain softmax(masked_fill(~mask, -inf)); refmask.testing.tolerances.
                  softmax_max_ulp bounds it);
       "accurate" within 4 ULP of the correctly rounded weights, whatever the spread of the scores.
-    Only float32 weights differ between the two: float64 has ULPs to spare and float16/bfloat16 are
-    computed in float32, far below their own ULP. The oracle computes in float64 and rounds once
-    (within 1 ULP) under both.
+    The argument governs float32 weights only: float64 weights are computed in float64 under both
+    (with float64's own |x - m| / 2 ULP rounding, the oracle's included), and float16/bfloat16 ones in
+    float32, whose error is far below their ULP. The oracle computes in float64 and rounds its float32,
+    float16 and bfloat16 weights once (within 1 ULP) under both.
 
     scores: floating (float16, bfloat16, float32, float64); the result has scores' dtype and shape.
     mask: bool, broadcastable to scores' shape; None keeps everything.

@@ -187,6 +187,33 @@ def test_grad_matches_oracle_vjp(fully_masked, dtype, jit):
     np.testing.assert_allclose(g, expected, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("with_sinks", [False, True])
+def test_second_derivatives_through_accurate_masked_softmax(with_sinks):
+    """accuracy="accurate" differentiates twice (its compensated row sum has a JVP of its own), and the
+    Hessian of one weight is the formula's: for kept i, j,
+    d2 w_k / dx_i dx_j = w_k (d_ki - w_i)(d_kj - w_j) - w_k w_i (d_ij - w_j), and 0 wherever i or j is
+    masked (a sink is a constant: the formula is the same). Each term is at most w_k in magnitude."""
+    rng = np.random.default_rng(3)
+    x = (3 * rng.standard_normal(6)).astype(np.float32)
+    keep = np.array([True, True, False, True, True, True])
+    sinks = np.array(0.5, np.float32) if with_sinks else None
+    k = 1
+    w = oracle.masked_softmax(x.astype(np.float64), keep, sinks=sinks)
+    d = np.eye(6)
+    expected = w[k] * (d[k][:, None] - w[:, None]) * (d[k][None, :] - w[None, :]) - w[k] * w[:, None] * (d - w[None, :])
+    expected[~keep] = 0.0
+    expected[:, ~keep] = 0.0
+
+    def weight(y):
+        sink = None if sinks is None else jnp.asarray(sinks)
+        return refmask.masked_softmax(y[None], jnp.asarray(keep)[None], sinks=sink, accuracy="accurate")[0, k]
+
+    hessian = np.asarray(jax.hessian(weight)(jnp.asarray(x)))
+    allowance = tolerances.GRADIENT_MAX_ULP["float32"] * np.finfo(np.float32).eps * 2 * w[k]
+    np.testing.assert_allclose(hessian, expected, rtol=0, atol=allowance)
+    assert (hessian[~keep] == 0).all() and (hessian[:, ~keep] == 0).all()
+
+
 @pytest.mark.parametrize("fully_masked", ["zero", "uniform"])
 def test_attention_gradients_finite_with_fully_masked_rows(fully_masked):
     case = _case("fully-masked-batch-item")

@@ -206,6 +206,24 @@ def test_public_api_compiles_to_one_graph_once_the_backend_is_loaded():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.parametrize("fully_masked", ["nan", "zero"])
+def test_masked_softmax_traced_with_symbolic_shapes(fully_masked):
+    """make_fx with symbolic shapes hands masked_softmax FakeTensors whose sizes are SymInts: the checks run
+    (nothing about them is remembered), and the traced graph computes the eager result on other values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    scores, keep = torch.randn(2, 3, 5), torch.rand(2, 3, 5) > 0.3
+    if fully_masked == "zero":  # the host test of the fully-masked rows needs values: without a mask there is none
+        graph = make_fx(lambda s: tb.masked_softmax(s, fully_masked="zero"), tracing_mode="symbolic")(scores)
+        other = torch.randn(2, 3, 5)
+        torch.testing.assert_close(graph(other), tb.masked_softmax(other), rtol=0, atol=0)
+        return
+    graph = make_fx(lambda s, m: tb.masked_softmax(s, m, fully_masked="nan"), tracing_mode="symbolic")(scores, keep)
+    other, other_keep = torch.randn(2, 3, 5), torch.rand(2, 3, 5) > 0.3
+    torch.testing.assert_close(graph(other, other_keep), tb.masked_softmax(other, other_keep, fully_masked="nan"),
+                               rtol=0, atol=0, equal_nan=True)
+
+
 def test_masked_softmax_under_torch_compile_fully_masked_rows():
     torch._dynamo.reset()
     case = CASES["fully-masked-batch-item"]

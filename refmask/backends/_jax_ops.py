@@ -39,8 +39,11 @@ class JaxOps:
         return None
 
     def signature(self, x: Any) -> Any:
-        # Tracers too: their shape and dtype are static, and the checks read nothing else.
-        return (type(x), x.shape, x.dtype) if isinstance(x, jax.Array) else None
+        # Concrete arrays only: a traced call runs its checks once per trace anyway, and a tracer's shape may
+        # be symbolic (jax.export's shape polymorphism).
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return None
+        return x.shape, x.dtype
 
     def dtype_name(self, x: Any) -> str:
         dtype = x.dtype

@@ -127,10 +127,11 @@ class TorchOps:
         return x.expand(shape)
 
     def signature(self, x: Any) -> Any:
-        # Not under torch.compile: dynamo would guard on this table instead of tracing the checks.
-        if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+        # Plain tensors only: a FakeTensor (make_fx, torch.export) may have symbolic sizes, which cannot key
+        # a table. And not under torch.compile: dynamo would guard on the table instead of tracing the checks.
+        if type(x) is not torch.Tensor or torch.compiler.is_compiling():
             return None
-        return type(x), x.shape, x.dtype, x.device
+        return x.shape, x.dtype, x.device
 
 
 TORCH = TorchOps()

@@ -571,12 +571,26 @@ def _row_sum(e: jax.Array, axis: int, compensated: bool, extra: jax.Array | None
     if not compensated:
         total = jnp.sum(e, axis=axis, keepdims=True)
         return total if extra is None else total + extra
+    return _compensated_sum(e, jnp.zeros((), e.dtype) if extra is None else extra, axis)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _compensated_sum(e: jax.Array, extra: jax.Array, axis: int) -> jax.Array:
+    """_row_sum's compensated sum. Its derivative is the plain sum of the tangents (the sum is linear):
+    jax cannot differentiate a two-operand reduce whose second operand has no tangent, which second
+    derivatives of the softmax (through _softmax_core's JVP rule) would otherwise need."""
     zero = jnp.zeros((), e.dtype)
     s, c = lax.reduce((e, jnp.zeros_like(e)), (zero, zero), _two_sum_add, (e.ndim + axis,))
-    s, c = jnp.expand_dims(s, axis), jnp.expand_dims(c, axis)
-    if extra is not None:
-        s, c = _two_sum_add((s, c), (extra, jnp.zeros_like(extra)))
+    s, c = _two_sum_add((jnp.expand_dims(s, axis), jnp.expand_dims(c, axis)), (extra, jnp.zeros_like(extra)))
     return s + c
+
+
+@_compensated_sum.defjvp
+def _compensated_sum_jvp(
+    axis: int, primals: tuple[jax.Array, jax.Array], tangents: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array]:
+    (e, extra), (e_dot, extra_dot) = primals, tangents
+    return _compensated_sum(e, extra, axis), jnp.sum(e_dot, axis=axis, keepdims=True) + extra_dot
 
 
 def _softmax_forward(

@@ -9,13 +9,14 @@ Conventions (the oracle's, see refmask/oracle.py for every definition):
 - inputs may be tensors, NumPy arrays or lists; NumPy inputs go to the device of the tensor inputs;
 - float16 / bfloat16 scores are computed and normalised in float32 and rounded once to the input
   dtype; float32 and float64 are computed in their own precision, except masked_softmax of float32
-  scores on CPU, normalised in float64 and rounded once (within 1 ULP of the correctly rounded weights);
+  scores with accuracy="accurate", normalised in float64 and rounded once (within 1 ULP of the
+  correctly rounded weights);
 - fully-masked rows follow `fully_masked` ("zero", "uniform", "nan") and their gradient is exactly 0;
   masked entries get exactly 0 gradient whatever their scores hold. attention_vjp is autograd of this
   backend's attention on detached copies of the inputs (first order).
 
-The hot path of masked_softmax is the plain-torch idiom `softmax(scores.masked_fill(~mask, -inf))`
-(the softmax in float64 for float32 on CPU, see _softmax) plus a fix of the fully-masked rows only
+The hot path of masked_softmax is the plain-torch idiom `softmax(torch.where(mask, scores, -inf))`
+(the softmax in float64 for float32 with accuracy="accurate", see _softmax) plus a fix of the fully-masked rows only
 (found from the mask, at the mask's own shape): on CPU (outside torch.compile / torch.func
 transforms) the fix is skipped when no row is fully masked (a free check there); elsewhere it is one
 broadcast masked_fill_ (a `where` when autograd records), so no device synchronisation happens.
