@@ -19,6 +19,8 @@ definitions, refmask/_validate.py makes its argument errors identical to every o
   once to the input dtype. On an NVIDIA GPU, attention in half precision runs on cuDNN's fused kernel
   through jax.nn.dot_product_attention where refmask's promises hold there (_jax_fused.py). float32
   matmuls run at Precision.HIGHEST (no TF32/bf16 passes on GPU/TPU): this is the reference, accuracy first.
+  The float32 softmax computes as jax.nn.softmax does; masked_softmax(accuracy="accurate") compensates
+  the rounding of x - max and of each row's sum (_exp_shifted, _row_sum).
 - Gradients: the softmax core has a custom JVP, w * (dx - sum(w * dx)) with w zeroed where masked and on
   fully-masked rows, so masked positions get exactly 0 and fully-masked rows a finite 0 gradient under
   every policy (no NaN from differentiating through a where over -inf). attention_vjp is jax.vjp of this
@@ -102,13 +104,11 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _arithmetic(dtype: Any, accurate: bool = False) -> str:
-    """How the softmax of inputs of `dtype` computes (see _softmax_forward): "plain" but for float32,
-    which compensates the rounding of x - max ("compensated"), and with accurate=True also the rounding
-    of each row's sum ("accurate")."""
-    if _dtype_name(dtype) != "float32":
-        return "plain"
-    return "accurate" if accurate else "compensated"
+def _arithmetic(dtype: Any, accurate: bool) -> str:
+    """How the softmax of inputs of `dtype` computes (see _softmax_forward): "plain", or for float32 inputs
+    with accurate=True (masked_softmax's accuracy="accurate") "accurate": the rounding of x - max and of
+    each row's sum compensated."""
+    return "accurate" if accurate and _dtype_name(dtype) == "float32" else "plain"
 
 
 def _place(x: Any, device: Any) -> Any:
@@ -598,8 +598,8 @@ def _softmax_forward(
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """The hot path, in x's (compute) dtype: where, max, exp, sum, divide, and a row-level where.
 
-    arithmetic (_arithmetic): "plain"; "compensated", exp(x - m) with the rounding of x - m compensated
-    (_exp_shifted); "accurate", also each row's sum compensated (_row_sum).
+    arithmetic (_arithmetic): "plain", or "accurate": exp(x - m) with the rounding of x - m compensated
+    (_exp_shifted) and each row's sum compensated (_row_sum).
 
     Masked scores become -inf before anything reads them, so they can hold NaN or +inf. A row with
     nothing kept has max -inf and computes NaN; the last where replaces it by `fill`, the policy's
@@ -614,10 +614,10 @@ def _softmax_forward(
     if sink is not None:
         m = jnp.maximum(m, sink)
     m = lax.stop_gradient(m)
-    compensate = arithmetic != "plain"
-    e = _exp_shifted(kept, m, compensate)
-    e_sink = None if sink is None else _exp_shifted(sink, m, compensate)
-    total = _row_sum(e, axis, arithmetic == "accurate", e_sink)
+    accurate = arithmetic == "accurate"
+    e = _exp_shifted(kept, m, accurate)
+    e_sink = None if sink is None else _exp_shifted(sink, m, accurate)
+    total = _row_sum(e, axis, accurate, e_sink)
     w = e / total
     if keep is not None:
         w = jnp.where(_any_kept(keep, axis), w, fill.astype(w.dtype))
@@ -685,8 +685,7 @@ def _masked_softmax_impl(
 ) -> jax.Array:
     x = scores.astype(_compute_dtype(scores.dtype))
     sink = None if sink is None else sink.astype(x.dtype)
-    arithmetic = _arithmetic(scores.dtype, accurate=True) if accurate else "plain"
-    return _softmax_core(x, mask, fill, axis, arithmetic, sink).astype(scores.dtype)
+    return _softmax_core(x, mask, fill, axis, _arithmetic(scores.dtype, accurate), sink).astype(scores.dtype)
 
 
 _masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "accurate"))
@@ -765,8 +764,8 @@ def _weights(
         mask = causal if mask is None else mask & causal
     sink = None if sink is None else sink.astype(cdt)
     if not with_lse:
-        return _softmax_core(s, mask, fill, -1, _arithmetic(q.dtype), sink), None, groups
-    w, lse = _softmax_core(s, mask, fill, -1, _arithmetic(q.dtype), sink, True)
+        return _softmax_core(s, mask, fill, -1, "plain", sink), None, groups
+    w, lse = _softmax_core(s, mask, fill, -1, "plain", sink, True)
     return w, lse[..., 0], groups
 
 
