@@ -104,11 +104,10 @@ def _compute_dtype(dtype: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=64)
-def _arithmetic(dtype: Any, accurate: bool) -> str:
-    """How the softmax of inputs of `dtype` computes (see _softmax_forward): "plain", or for float32 inputs
-    with accurate=True (masked_softmax's accuracy="accurate") "accurate": the rounding of x - max and of
-    each row's sum compensated."""
-    return "accurate" if accurate and _dtype_name(dtype) == "float32" else "plain"
+def _compensate(dtype: Any) -> bool:
+    """Whether masked_softmax(accuracy="accurate") compensates inputs of `dtype` (float32 only; see
+    _softmax_forward): float64 is the oracle's own arithmetic, float16/bfloat16 have ULPs far above the error."""
+    return _dtype_name(dtype) == "float32"
 
 
 def _place(x: Any, device: Any) -> Any:
@@ -594,12 +593,12 @@ def _compensated_sum_jvp(
 
 
 def _softmax_forward(
-    x: jax.Array, keep: jax.Array | None, fill: jax.Array, axis: int, arithmetic: str, sink: jax.Array | None
+    x: jax.Array, keep: jax.Array | None, fill: jax.Array, axis: int, compensate: bool, sink: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
     """The hot path, in x's (compute) dtype: where, max, exp, sum, divide, and a row-level where.
 
-    arithmetic (_arithmetic): "plain", or "accurate": exp(x - m) with the rounding of x - m compensated
-    (_exp_shifted) and each row's sum compensated (_row_sum).
+    compensate=True: exp(x - m) with the rounding of x - m compensated (_exp_shifted) and each row's
+    sum compensated (_row_sum).
 
     Masked scores become -inf before anything reads them, so they can hold NaN or +inf. A row with
     nothing kept has max -inf and computes NaN; the last where replaces it by `fill`, the policy's
@@ -614,10 +613,9 @@ def _softmax_forward(
     if sink is not None:
         m = jnp.maximum(m, sink)
     m = lax.stop_gradient(m)
-    accurate = arithmetic == "accurate"
-    e = _exp_shifted(kept, m, accurate)
-    e_sink = None if sink is None else _exp_shifted(sink, m, accurate)
-    total = _row_sum(e, axis, accurate, e_sink)
+    e = _exp_shifted(kept, m, compensate)
+    e_sink = None if sink is None else _exp_shifted(sink, m, compensate)
+    total = _row_sum(e, axis, compensate, e_sink)
     w = e / total
     if keep is not None:
         w = jnp.where(_any_kept(keep, axis), w, fill.astype(w.dtype))
@@ -636,27 +634,27 @@ def _softmax_core(
     keep: jax.Array | None,
     fill: jax.Array,
     axis: int,
-    arithmetic: str,
+    compensate: bool,
     sink: jax.Array | None = None,
     with_lse: bool = False,
 ) -> Any:
     """The masked softmax of x along `axis` (see _softmax_forward), and with_lse its log-sum-exp with
     `axis` kept (size 1): (weights, lse)."""
-    w, m, total, _ = _softmax_forward(x, keep, fill, axis, arithmetic, sink)
+    w, m, total, _ = _softmax_forward(x, keep, fill, axis, compensate, sink)
     return (w, _log_sum_exp(m, total)) if with_lse else w
 
 
 @_softmax_core.defjvp
 def _softmax_core_jvp(
     axis: int,
-    arithmetic: str,
+    compensate: bool,
     with_lse: bool,
     primals: tuple[jax.Array, jax.Array | None, jax.Array, jax.Array | None],
     tangents: tuple[jax.Array, Any, Any, Any],
 ) -> tuple[Any, Any]:
     x, keep, fill, sink = primals
     x_dot = tangents[0]
-    w, m, total, e_sink = _softmax_forward(x, keep, fill, axis, arithmetic, sink)
+    w, m, total, e_sink = _softmax_forward(x, keep, fill, axis, compensate, sink)
     # Weights that depend on x: zero at masked entries and on fully-masked rows (whose value is a
     # constant of the policy: the fill is not differentiated), so those get exactly 0 gradient,
     # finite under every policy.
@@ -685,7 +683,8 @@ def _masked_softmax_impl(
 ) -> jax.Array:
     x = scores.astype(_compute_dtype(scores.dtype))
     sink = None if sink is None else sink.astype(x.dtype)
-    return _softmax_core(x, mask, fill, axis, _arithmetic(scores.dtype, accurate), sink).astype(scores.dtype)
+    compensate = accurate and _compensate(scores.dtype)
+    return _softmax_core(x, mask, fill, axis, compensate, sink).astype(scores.dtype)
 
 
 _masked_softmax_jit = jax.jit(_masked_softmax_impl, static_argnames=("axis", "accurate"))
@@ -764,8 +763,8 @@ def _weights(
         mask = causal if mask is None else mask & causal
     sink = None if sink is None else sink.astype(cdt)
     if not with_lse:
-        return _softmax_core(s, mask, fill, -1, "plain", sink), None, groups
-    w, lse = _softmax_core(s, mask, fill, -1, "plain", sink, True)
+        return _softmax_core(s, mask, fill, -1, False, sink), None, groups
+    w, lse = _softmax_core(s, mask, fill, -1, False, sink, True)
     return w, lse[..., 0], groups
 
 
