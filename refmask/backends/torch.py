@@ -474,6 +474,13 @@ def _softmax(t: torch.Tensor, axis: int, *, accurate: bool, into: bool) -> torch
     return t
 
 
+def _rows_kept(keep: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
+    """Whether each row along `axis` of `ndim`-D scores keeps a key (axis kept, size 1): a row is fully
+    masked iff its mask row has no True, so the mask is reduced at its own (small) shape."""
+    k = keep.reshape((1,) * (ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < ndim else keep
+    return k.any(dim=axis, keepdim=True) if k.ndim else k
+
+
 def _softmax_kept(
     x: torch.Tensor, keep: torch.Tensor | None, axis: int, policy: str, *, owned: bool, accurate: bool = False
 ) -> torch.Tensor:
@@ -495,9 +502,7 @@ def _softmax_kept(
     w = _softmax(t, axis, accurate=accurate, into=into)
     if policy == "nan":
         return w  # the softmax of a row of -inf is already NaN
-    # A row is fully masked iff its mask row has no True: computed at the mask's own (small) shape.
-    k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
-    any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
+    any_kept = _rows_kept(keep, x.ndim, axis)
     if host and bool(any_kept.all()):
         return w  # on the host this check is free: no row is fully masked, nothing to fix
     value = arrays.fully_masked_value(policy, x.shape[axis])
@@ -550,9 +555,7 @@ def _softmax_with_sinks(
     w = _softmax(full, axis, accurate=accurate, into=False).narrow(axis, 0, t.shape[axis])
     lse = torch.logsumexp(full, axis, keepdim=True) if with_lse else None
     if keep is not None:
-        k = keep.reshape((1,) * (x.ndim - keep.ndim) + tuple(keep.shape)) if keep.ndim < x.ndim else keep
-        any_kept = k.any(dim=axis, keepdim=True) if k.ndim else k
-        w = torch.where(any_kept, w, 0.0)
+        w = torch.where(_rows_kept(keep, x.ndim, axis), w, 0.0)
     return w, lse
 
 
@@ -741,8 +744,7 @@ def _fused_attention(
         qc, kc, vc, attn_mask, is_causal=is_causal, scale=scale, enable_gqa=kc.shape[-3] != qc.shape[-3]
     )
     if keep is not None and fully_masked != "zero":
-        k4 = keep.reshape((1,) * (4 - keep.ndim) + tuple(keep.shape))
-        any_kept = k4.any(dim=-1, keepdim=True)  # (.., T, 1): False on a fully-masked row
+        any_kept = _rows_kept(keep, 4, -1)  # (.., T, 1): False on a fully-masked row
         if out.device.type != "cpu" or not bool(any_kept.all()):  # on the host the check is free
             # "uniform": weights 1/S, out = the mean of v; "nan": NaN weights, so (as the math path) a NaN
             # gradient for v and none for q and k.
