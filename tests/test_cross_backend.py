@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import wide_scores
 from harness.compare import assert_identical
 from refmask import oracle
 from refmask._backends import unavailable_reason
@@ -60,10 +61,7 @@ def test_accurate_float32_masked_softmax_is_within_a_flat_bound(variant, case, f
 def test_float32_masked_softmax_accuracy_on_wide_scores(variant, accuracy, scale):
     """Scores of scale 4 and 16 over 512 keys: "accurate" within the flat SOFTMAX_MAX_ULP, "fast" within
     the float32 error model that grows with |x - max| (softmax_max_ulp)."""
-    rng = np.random.default_rng(int(scale))
-    scores = (scale * rng.standard_normal((64, 512))).astype(np.float32)
-    keep = rng.random(scores.shape) < 0.8
-    keep[:, 0] = True
+    scores, keep = wide_scores.draw(scale)
     expected = variant.expected("masked_softmax", scores, keep)
     actual = variant.call("masked_softmax", scores, keep, accuracy=accuracy)
     if accuracy == "accurate":
