@@ -126,10 +126,10 @@ def accurate_rows(case: int, backend: str, times: dict[str, float | str], subjec
     return rows_from_times(case, backend, accurate, f'{subject}, accuracy="accurate"', [("native", native, {})])
 
 
-def _accuracy_rows(backend: str, times: dict[str, float | str], native: str) -> list[Row]:
+def _accuracy_rows(backend: str, times: dict[str, float | str], subject: str, native: str) -> list[Row]:
     """The accurate path's cost beside the native idiom, and both accuracies' worst ULP (only "accurate"
     has a target: the torch backend's, <= 4 ULP; jax's is reported)."""
-    rows = accurate_rows(1, backend, times, SUBJECT + (", jit" if backend == "jax" else ""), native)
+    rows = accurate_rows(1, backend, times, subject, native)
     what = "float32, worst ULP, scores of scale 4 (64, 512)"
     for accuracy, target in (("accurate", 4.0 if backend == "torch" else None), ("fast", None)):
         rows.append(Row(1, backend, f'masked_softmax(accuracy="{accuracy}") {what}',
@@ -149,5 +149,5 @@ def case_softmax(sizes: Sizes, backends: dict[str, str]) -> list[Row]:
         times = interleaved(fns, sizes.repeats)
         rows += rows_from_times(1, backend, times, subject, refs)
         if backend != "numpy":
-            rows += _accuracy_rows(backend, times, refs[0][1])
+            rows += _accuracy_rows(backend, times, subject, refs[0][1])
     return rows
